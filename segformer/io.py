@@ -1,0 +1,77 @@
+"""Atomic file output: a killed job never leaves a file that looks finished.
+
+Every writer here writes to a temporary name in the destination folder and renames it into place
+(os.replace is atomic on one filesystem), so readers see either the old file or the complete new one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+import cv2
+import numpy as np
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; rename it to `path` if the block succeeds.
+
+    The temporary name keeps the destination's suffix (or `suffix`) so that tools choosing a
+    format by extension (cv2.imwrite, mindspore.save_checkpoint) behave as for the real name.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = path.suffix if suffix is None else suffix
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: str | os.PathLike, obj) -> None:
+    write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def write_png(path: str | os.PathLike, image: np.ndarray) -> None:
+    """Write a uint8 image (H x W gray, or H x W x 3 in OpenCV's BGR order) as PNG, atomically."""
+    ok, buf = cv2.imencode(".png", image)
+    if not ok:
+        raise OSError(f"{path}: PNG encoding failed for an array of shape {image.shape}, dtype {image.dtype}")
+    write_bytes(path, buf.tobytes())
+
+
+def read_image_rgb(path: str | os.PathLike) -> np.ndarray:
+    """Read an image file as H x W x 3 uint8 RGB; a clear error naming the file if it is unreadable."""
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise FileNotFoundError(f"{path}: cannot read image (missing or not an image)")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def read_label(path: str | os.PathLike) -> np.ndarray:
+    """Read a single-channel uint8 label PNG (train ids or label ids) exactly as stored."""
+    label = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if label is None:
+        raise FileNotFoundError(f"{path}: cannot read label image (missing or not an image)")
+    if label.ndim != 2:
+        raise ValueError(f"{path}: a label image must have one channel, found shape {label.shape}")
+    return label
