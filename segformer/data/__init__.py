@@ -1,0 +1,1 @@
+"""Cityscapes file discovery, augmentations, the MindSpore dataset pipeline and the demo generator."""
