@@ -1,0 +1,41 @@
+# Data stage: the demo dataset (only when no dataset_root is configured) and label conversion.
+
+
+rule demo_dataset:
+    output:
+        root=directory(DEMO_ROOT),
+    log:
+        f"{RESULTS}/logs/demo_dataset.log",
+    params:
+        seed=config["demo"]["seed"],
+        width=config["demo"]["width"],
+        height=config["demo"]["height"],
+        train=config["demo"]["train_images"],
+        val=config["demo"]["val_images"],
+    conda:
+        "../envs/segformer.yaml"
+    shell:
+        "python {SCRIPTS}/make_demo.py {output.root} --seed {params.seed}"
+        " --width {params.width} --height {params.height}"
+        " --train {params.train} --val {params.val} > {log} 2>&1"
+
+
+rule convert_labels:
+    input:
+        dataset=dataset_input(),
+    output:
+        train_list=f"{RESULTS}/data/train.txt",
+        val_list=f"{RESULTS}/data/val.txt",
+        manifest=f"{RESULTS}/data/manifest.json",
+    log:
+        f"{RESULTS}/logs/convert_labels.log",
+    params:
+        root=dataset_root(),
+        out_dir=f"{RESULTS}/data",
+    threads: config["labels"]["nproc"]
+    conda:
+        "../envs/segformer.yaml"
+    shell:
+        "python {SCRIPTS}/convert_dataset.py {params.root} --nproc {threads}"
+        " --out_dir {params.out_dir} --lists_dir {params.out_dir}"
+        " --manifest {output.manifest} > {log} 2>&1"
