@@ -1,5 +1,6 @@
 # Config validation and the helpers every stage uses. No rules here.
 
+import os
 from pathlib import Path
 
 import yaml
@@ -34,8 +35,16 @@ def validate_config(settings):
 
 validate_config(config)
 
-SCRIPTS = Path(workflow.basedir) / "workflow_scripts"
 RESULTS = "results"
+
+
+def script(name):
+    """A stage script's path relative to the working directory, for a rule's params.
+
+    Relative, so that the command (which Snakemake compares to decide reruns) stays the same
+    wherever the repository is cloned; it still works with --directory elsewhere.
+    """
+    return os.path.relpath(Path(workflow.basedir) / "workflow_scripts" / name)
 DEMO_ROOT = f"{RESULTS}/demo/cityscapes"
 
 
@@ -69,6 +78,16 @@ def pretrained_source(variant):
     if config["pretrained_dir"]:
         return f"{config['pretrained_dir']}/mit_{variant}.pth"
     return None
+
+
+def pretrained_input(wildcards):
+    source = pretrained_source(wildcards.variant)
+    if source is None:
+        raise ValueError(
+            f"results/pretrained/mit_{wildcards.variant}.ckpt was asked for, but neither "
+            f"weights.{wildcards.variant} nor pretrained_dir is set in the config"
+        )
+    return source
 
 
 def final_outputs():

@@ -7,6 +7,7 @@ rule demo_dataset:
     log:
         f"{RESULTS}/logs/demo_dataset.log",
     params:
+        script=script("make_demo.py"),
         seed=config["demo"]["seed"],
         width=config["demo"]["width"],
         height=config["demo"]["height"],
@@ -15,7 +16,7 @@ rule demo_dataset:
     conda:
         "../envs/segformer.yaml"
     shell:
-        "python {SCRIPTS}/make_demo.py {output.root} --seed {params.seed}"
+        "python {params.script} {output.root} --seed {params.seed}"
         " --width {params.width} --height {params.height}"
         " --train {params.train} --val {params.val} > {log} 2>&1"
 
@@ -30,12 +31,13 @@ rule convert_labels:
     log:
         f"{RESULTS}/logs/convert_labels.log",
     params:
-        root=dataset_root(),
-        out_dir=f"{RESULTS}/data",
+        script=script("convert_dataset.py"),
+        root=lambda wildcards: dataset_root(),
+        out_dir=lambda wildcards, output: Path(output.manifest).parent,
     threads: config["labels"]["nproc"]
     conda:
         "../envs/segformer.yaml"
     shell:
-        "python {SCRIPTS}/convert_dataset.py {params.root} --nproc {threads}"
+        "python {params.script} {params.root} --nproc {threads}"
         " --out_dir {params.out_dir} --lists_dir {params.out_dir}"
         " --manifest {output.manifest} > {log} 2>&1"

@@ -3,15 +3,17 @@
 
 rule convert_pretrained:
     input:
-        source=lambda wildcards: pretrained_source(wildcards.variant),
+        source=pretrained_input,
     output:
         ckpt=f"{RESULTS}/pretrained/mit_{{variant}}.ckpt",
     log:
         f"{RESULTS}/logs/convert_pretrained_{{variant}}.log",
+    params:
+        script=script("convert_model.py"),
     wildcard_constraints:
         variant="b[0-5]",
     conda:
         "../envs/convert.yaml"
     shell:
-        "python {SCRIPTS}/convert_model.py --pt_model_path {input.source}"
+        "python {params.script} --pt_model_path {input.source}"
         " --ms_model_path {output.ckpt} --variant {wildcards.variant} > {log} 2>&1"
