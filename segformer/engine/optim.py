@@ -1,0 +1,306 @@
+"""AdamW exactly as torch.optim.AdamW, with mmcv-style parameter groups, for MindSpore.
+
+The official SegFormer recipe trains with PyTorch's AdamW (bias-corrected moments, eps added after
+the square root of the bias-corrected second moment, decoupled decay ``p *= 1 - lr_g * wd_g`` applied
+before the moment update) and mmcv's ``paramwise_cfg`` groups: ``decode_head.*`` at 10x the learning
+rate (its decay follows the lr, so it is 10x too), every backbone parameter whose name contains
+``norm`` without decay. MindSpore's ``nn.AdamWeightDecay`` is a different update (no bias correction,
+eps 1e-6 inside the root), so this module has its own optimizer Cell.
+
+Usage in a training loop::
+
+    groups = build_param_groups(net, base_lr=6e-5, weight_decay=0.01)
+    print(describe_param_groups(groups))
+    optimizer = AdamW(groups, lr=6e-5)
+    grad_fn = mindspore.value_and_grad(forward_fn, None, optimizer.parameters)
+    for t in range(start_iter, max_iters):
+        optimizer.set_lr(schedule(t))          # base lr; group multipliers are applied inside
+        loss, grads = grad_fn(images, labels)  # (reduce grads across devices here)
+        optimizer(grads)
+
+State for resuming (``optimizer.state_parameters()``): ``adamw_m.<param name>``,
+``adamw_v.<param name>``, ``adamw_step`` and ``adamw_lr``; they are ordinary Parameters of the Cell,
+so ``mindspore.save_checkpoint(optimizer, path)`` stores them beside the network's weights and
+``mindspore.load_param_into_net(optimizer, mindspore.load_checkpoint(path))`` restores them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+import mindspore as ms
+from mindspore import Parameter, ParameterTuple, Tensor, nn, ops
+
+# The official run's paramwise_cfg (NVlabs local_configs/segformer/B*/*.city.160k.py), in its order:
+#   custom_keys={'pos_block': dict(decay_mult=0.), 'norm': dict(decay_mult=0.), 'head': dict(lr_mult=10.)}
+# mmcv 1.x DefaultOptimizerConstructor.add_params matches a parameter against
+#   sorted(sorted(custom_keys), key=len, reverse=True)
+# i.e. longest key first, ties in alphabetical order ('head' before 'norm'), and the first key that is
+# a substring of the parameter's full name decides lr_mult and decay_mult (missing ones default to 1).
+# Unmatched parameters keep base lr and base decay: the recipe sets no bias_decay_mult or
+# norm_decay_mult, so backbone biases decay.
+#
+# Why the same rule on MindSpore names gives the same grouping as on PyTorch names: the names keep the
+# module path (backbone.*, decode_head.*) and only rename norm parameters (weight/bias -> gamma/beta,
+# running_* -> moving_*), so a name contains 'head' or 'norm' exactly when its PyTorch twin does.
+# In particular the head's BatchNorm, decode_head.linear_fuse.bn.{weight,bias} in PyTorch and
+# decode_head.linear_fuse.bn.{gamma,beta} here, contains 'head' and not 'norm': lr x10 WITH decay
+# (0.01, and 10x lr makes its decoupled decay 10x as well), as in the official run. No SegFormer name
+# contains both 'head' and 'norm', so the tie order does not change anything for this model; it is
+# still reproduced so that other names group as mmcv would group them. 'pos_block' matches nothing
+# in MiT (it comes from PVTv2) and is kept only to mirror the official config.
+# BatchNorm moving statistics are not trainable (requires_grad False) and never enter the optimizer.
+
+
+def default_custom_keys(head_lr_mult: float = 10.0, norm_decay_mult: float = 0.0) -> Dict[str, Dict[str, float]]:
+    """The official recipe's mmcv ``custom_keys`` with the two multipliers as arguments."""
+    return {
+        "pos_block": {"decay_mult": 0.0},
+        "norm": {"decay_mult": float(norm_decay_mult)},
+        "head": {"lr_mult": float(head_lr_mult)},
+    }
+
+
+def sorted_custom_keys(custom_keys: Mapping[str, Mapping[str, float]]) -> List[str]:
+    """Keys in mmcv's matching order: longest first, equal lengths alphabetically."""
+    return sorted(sorted(custom_keys), key=len, reverse=True)
+
+
+def match_custom_key(name: str, custom_keys: Mapping[str, Mapping[str, float]]) -> Optional[str]:
+    """The custom key that decides parameter ``name`` under mmcv's rule, or None (defaults apply)."""
+    for key in sorted_custom_keys(custom_keys):
+        if key in name:
+            return key
+    return None
+
+
+@dataclass(frozen=True)
+class ParamGroup:
+    """Parameters sharing one lr multiplier and one weight decay (one mmcv custom key, or 'default')."""
+
+    name: str
+    lr_mult: float
+    decay_mult: float
+    lr: float  # base_lr * lr_mult, before the schedule
+    weight_decay: float  # base weight decay * decay_mult
+    params: Tuple[Parameter, ...]
+
+    @property
+    def param_names(self) -> List[str]:
+        return [p.name for p in self.params]
+
+    @property
+    def num_values(self) -> int:
+        return sum(int(math.prod(p.shape)) for p in self.params)
+
+
+def _trainable_parameters(net) -> List[Parameter]:
+    if isinstance(net, nn.Cell):
+        return list(net.trainable_params())
+    params = list(net)
+    for p in params:
+        if not isinstance(p, Parameter):
+            raise TypeError(f"build_param_groups: expected a Cell or Parameters, got {type(p).__name__}")
+    return [p for p in params if p.requires_grad]
+
+
+def _check_custom_keys(custom_keys: Mapping[str, Mapping[str, float]]) -> None:
+    for key, cfg in custom_keys.items():
+        unknown = set(cfg) - {"lr_mult", "decay_mult"}
+        if not isinstance(key, str) or not key or unknown:
+            raise ValueError(
+                f"custom_keys[{key!r}] = {cfg!r}: keys must be non-empty strings mapping to "
+                f"lr_mult/decay_mult only (unknown: {sorted(unknown)})"
+            )
+
+
+def build_param_groups(
+    net,
+    base_lr: float,
+    weight_decay: float,
+    head_lr_mult: float = 10.0,
+    norm_decay_mult: float = 0.0,
+    custom_keys: Optional[Mapping[str, Mapping[str, float]]] = None,
+) -> List[ParamGroup]:
+    """Group the trainable parameters of ``net`` (a Cell, or an iterable of Parameters) by mmcv's rule.
+
+    ``custom_keys=None`` means the official keys (``default_custom_keys(head_lr_mult, norm_decay_mult)``);
+    an explicit mapping replaces them entirely (``{}``: one group, base lr and decay for everything).
+    Returns the non-empty groups in order of first appearance, each parameter in exactly one group.
+    """
+    if base_lr <= 0 or weight_decay < 0:
+        raise ValueError(f"build_param_groups: base_lr must be > 0 and weight_decay >= 0, got {base_lr}, {weight_decay}")
+    keys = default_custom_keys(head_lr_mult, norm_decay_mult) if custom_keys is None else dict(custom_keys)
+    _check_custom_keys(keys)
+    members: Dict[str, List[Parameter]] = {}
+    seen = set()
+    for param in _trainable_parameters(net):
+        if param.name in seen:
+            raise ValueError(f"build_param_groups: parameter name {param.name!r} appears twice")
+        seen.add(param.name)
+        members.setdefault(match_custom_key(param.name, keys) or "default", []).append(param)
+    if not members:
+        raise ValueError("build_param_groups: the network has no trainable parameters")
+    groups = []
+    for name, params in members.items():
+        cfg = keys.get(name, {})
+        lr_mult = float(cfg.get("lr_mult", 1.0))
+        decay_mult = float(cfg.get("decay_mult", 1.0))
+        groups.append(
+            ParamGroup(
+                name=name,
+                lr_mult=lr_mult,
+                decay_mult=decay_mult,
+                lr=base_lr * lr_mult,
+                weight_decay=weight_decay * decay_mult,
+                params=tuple(params),
+            )
+        )
+    return groups
+
+
+def describe_param_groups(groups: Sequence[ParamGroup]) -> str:
+    """A few lines for the training log: per group its size, lr multiplier, lr and weight decay."""
+    lines = []
+    for g in groups:
+        lines.append(
+            f"param group {g.name!r}: {len(g.params)} tensors, {g.num_values / 1e6:.3f} M values, "
+            f"lr x{g.lr_mult:g} (base {g.lr:.3g}), weight decay {g.weight_decay:g} (x{g.decay_mult:g})"
+        )
+    return "\n".join(lines)
+
+
+def bias_correction_table(beta: float, take_sqrt: bool = False) -> np.ndarray:
+    """float32 ``1 - beta**t`` (or its square root) for t = 1, 2, ... up to the first t where it rounds to 1.
+
+    torch computes the bias corrections in float64 on the host. In a float32 graph, 1 - beta2**t
+    (about 1e-3 in the first steps) loses five digits to cancellation, and MindSpore's CPU exp/expm1
+    are only good to a few 1e-6, so the exact values come from this small table instead (17 k entries
+    for beta 0.999); every later step uses its last entry, 1.0, which is what float32 gives there anyway.
+    """
+    if not 0.0 <= beta < 1.0:
+        raise ValueError(f"bias_correction_table: beta must be in [0, 1), got {beta}")
+    if beta == 0.0:
+        return np.ones(1, np.float32)
+    # beyond t_max, beta**t < 2**-60: float32(1 - beta**t) is 1.0 with a wide margin
+    t_max = int(math.ceil(60 * math.log(2) / -math.log(beta))) + 1
+    if t_max > 20_000_000:
+        raise ValueError(f"bias_correction_table: beta {beta} too close to 1 ({t_max} table entries)")
+    t = np.arange(1, t_max + 1, dtype=np.float64)
+    values = -np.expm1(t * math.log(beta))
+    values = (np.sqrt(values) if take_sqrt else values).astype(np.float32)
+    first_one = int(np.argmax(values == np.float32(1.0)))
+    return values[: first_one + 1]
+
+
+_adamw_update = ops.MultitypeFuncGraph("adamw_update")
+
+
+@_adamw_update.register(
+    "Number", "Number", "Number", "Number", "Tensor", "Tensor", "Tensor", "Number", "Number",
+    "Tensor", "Tensor", "Tensor", "Tensor",
+)
+def _adamw_update_one(one_minus_beta1, beta2, one_minus_beta2, eps, lr, bias_correction1, bias_correction2_sqrt,
+                      lr_mult, weight_decay, param, m, v, grad):
+    """torch.optim.AdamW's single-tensor step for one parameter (fp32 arithmetic, same order).
+
+    ``1 - beta`` arrives precomputed in double precision: graph mode folds ``1.0 - 0.999`` in float32,
+    which gives 0.00099998713 (a 1.3e-5 relative error on every second-moment update).
+    """
+    grad = ops.cast(grad, ms.float32)
+    p = param
+    lr_group = lr * lr_mult
+    if weight_decay != 0.0:
+        p = p * (1.0 - lr_group * weight_decay)
+    # torch: exp_avg.lerp_(grad, 1 - beta1) == m + (1 - beta1) * (grad - m) for weights below 0.5
+    next_m = m + one_minus_beta1 * (grad - m)
+    next_v = v * beta2 + one_minus_beta2 * grad * grad
+    denom = ops.sqrt(next_v) / bias_correction2_sqrt + eps
+    p = p - (lr_group / bias_correction1) * (next_m / denom)
+    success = True
+    success = ops.depend(success, ops.assign(m, next_m))
+    success = ops.depend(success, ops.assign(v, next_v))
+    success = ops.depend(success, ops.assign(param, p))
+    return success
+
+
+class AdamW(nn.Cell):
+    """torch.optim.AdamW (amsgrad off) over ``ParamGroup``s, runnable inside a MindSpore graph.
+
+    ``lr`` is the base learning rate (the schedule's value); group ``g`` steps with ``lr * g.lr_mult``
+    and decays with ``g.weight_decay``. Call ``set_lr`` between steps: it changes a Parameter, so a
+    compiled train step picks it up without recompiling. ``construct(grads)`` takes the gradients in
+    the order of ``self.parameters`` and returns True once every parameter is updated.
+    """
+
+    def __init__(self, groups: Sequence[ParamGroup], lr: float, betas: Tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8):
+        super().__init__(auto_prefix=False)
+        beta1, beta2 = (float(b) for b in betas)
+        if not (0.0 <= beta1 < 1.0 and 0.0 <= beta2 < 1.0) or eps < 0 or lr < 0:
+            raise ValueError(f"AdamW: need 0 <= betas < 1, eps >= 0, lr >= 0; got betas={betas}, eps={eps}, lr={lr}")
+        if not groups:
+            raise ValueError("AdamW: no parameter groups")
+        self.groups = tuple(groups)
+        params = [p for g in self.groups for p in g.params]
+        names = [p.name for p in params]
+        if len(set(names)) != len(names):
+            raise ValueError("AdamW: a parameter appears in more than one group")
+        not_fp32 = [p.name for p in params if p.dtype != ms.float32]
+        if not_fp32:  # the recipe keeps fp32 master weights; mixed precision casts inside the network
+            raise ValueError(f"AdamW: parameters must be float32, these are not: {not_fp32[:5]}")
+        self.parameters = ParameterTuple(params)
+        self.moments1 = self.parameters.clone(prefix="adamw_m", init="zeros")
+        self.moments2 = self.parameters.clone(prefix="adamw_v", init="zeros")
+        self.step = Parameter(Tensor(0, ms.int32), name="adamw_step", requires_grad=False)
+        self.learning_rate = Parameter(Tensor(lr, ms.float32), name="adamw_lr", requires_grad=False)
+        self.lr_mults = tuple(g.lr_mult for g in self.groups for _ in g.params)
+        self.weight_decays = tuple(g.weight_decay for g in self.groups for _ in g.params)
+        self.beta1 = beta1
+        self.beta2 = beta2
+        self.one_minus_beta1 = 1.0 - beta1
+        self.one_minus_beta2 = 1.0 - beta2
+        self.eps = float(eps)
+        # exact float32 bias corrections by step (constants, not state): see bias_correction_table
+        table1 = bias_correction_table(beta1)
+        table2 = bias_correction_table(beta2, take_sqrt=True)
+        self.bias_correction1_table = Tensor(table1)
+        self.bias_correction2_sqrt_table = Tensor(table2)
+        self.last1 = len(table1) - 1
+        self.last2 = len(table2) - 1
+        self.hyper_map = ops.HyperMap()
+
+    def set_lr(self, lr: float) -> None:
+        """Set the base learning rate for the next steps (call from Python, outside the graph)."""
+        self.learning_rate.set_data(Tensor(float(lr), ms.float32))
+
+    def get_lr(self) -> float:
+        return float(self.learning_rate.asnumpy())
+
+    def group_lrs(self) -> Dict[str, float]:
+        """Current learning rate of every group, for the training log."""
+        base = self.get_lr()
+        return {g.name: base * g.lr_mult for g in self.groups}
+
+    def state_parameters(self) -> List[Parameter]:
+        """Everything a resumed run needs besides the network weights."""
+        return [*self.moments1, *self.moments2, self.step, self.learning_rate]
+
+    @property
+    def num_steps(self) -> int:
+        return int(self.step.asnumpy())
+
+    def construct(self, gradients):
+        step = ops.assign_add(self.step, ops.ones((), ms.int32))
+        bias_correction1 = ops.gather(self.bias_correction1_table, ops.minimum(step - 1, self.last1), 0)
+        bias_correction2_sqrt = ops.gather(self.bias_correction2_sqrt_table, ops.minimum(step - 1, self.last2), 0)
+        lr = ops.depend(self.learning_rate, step)
+        update = ops.partial(_adamw_update, self.one_minus_beta1, self.beta2, self.one_minus_beta2, self.eps, lr,
+                             bias_correction1, bias_correction2_sqrt)
+        success = self.hyper_map(update, self.lr_mults, self.weight_decays, self.parameters, self.moments1,
+                                 self.moments2, gradients)
+        return success

@@ -1,0 +1,168 @@
+"""Building blocks shared by the MiT backbone: strided convolutions with a choice of formulation, DropPath,
+and the official initialisers.
+
+Why two formulations: on CPU MindSpore hands oneDNN plain NCHW tensors and gets its generic, slow conv
+kernel (a 7x7/s4 patch embedding takes ~265 ms, an 8x8/s8 reduction ~41 ms). The same convolutions
+written as exact matrix products (im2col + matmul, or reshape-into-patches + matmul) take 7 ms and 2.4 ms.
+On Ascend/GPU the conv kernels are the fast path. Either way the parameter is the conv-shaped
+`weight` [out, in, k, k] plus `bias` [out], so one checkpoint serves both.
+The formulation is chosen in one place, `resolve_formulation`.
+"""
+
+import math
+from typing import Optional
+
+import mindspore as ms
+from mindspore import Parameter, nn, ops
+from mindspore.common.initializer import Normal, TruncatedNormal, initializer
+
+FORMULATIONS = ("conv", "matmul")
+
+
+def resolve_formulation(requested: Optional[str] = "auto", device: Optional[str] = None) -> str:
+    """The formulation of the strided convolutions: "matmul" on CPU, "conv" on Ascend/GPU.
+
+    `requested` other than None/"auto" is taken as is (after a check); `device` defaults to the
+    MindSpore context's device target.
+    """
+    if requested not in (None, "auto"):
+        if requested not in FORMULATIONS:
+            raise ValueError(f"unknown formulation {requested!r}; expected 'auto' or one of {FORMULATIONS}")
+        return requested
+    if device is None:
+        device = ms.get_context("device_target")
+    return "matmul" if str(device).upper() == "CPU" else "conv"
+
+
+def linear_weight_init():
+    """Official MiT init of nn.Linear weights: timm trunc_normal_(std=.02), bounds at +-2 (absolute)."""
+    return TruncatedNormal(sigma=0.02, a=-2.0, b=2.0)
+
+
+def conv_weight_init(out_channels: int, kernel_size: int, groups: int = 1):
+    """Official MiT init of conv weights: normal(0, sqrt(2 / fan_out)), fan_out = k*k*out/groups."""
+    fan_out = kernel_size * kernel_size * out_channels // groups
+    return Normal(sigma=math.sqrt(2.0 / fan_out))
+
+
+def conv_output_size(size: int, kernel_size: int, stride: int, padding: int) -> int:
+    """Output length of a convolution along one axis (PyTorch/MindSpore floor formula)."""
+    return (size + 2 * padding - kernel_size) // stride + 1
+
+
+def dense(in_features: int, out_features: int) -> nn.Dense:
+    """nn.Dense initialised like the official backbone's nn.Linear (trunc normal .02, zero bias)."""
+    return nn.Dense(in_features, out_features, weight_init=linear_weight_init(), bias_init="zeros")
+
+
+def layer_norm(channels: int, eps: float) -> nn.LayerNorm:
+    """LayerNorm over the last axis with an explicit eps (MindSpore's default 1e-7 is nobody's)."""
+    return nn.LayerNorm((channels,), begin_norm_axis=-1, begin_params_axis=-1, epsilon=eps)
+
+
+class _ConvShapedParameters(nn.Cell):
+    """Holds `weight` [out, in, k, k] and `bias` [out] initialised like the official MiT convs."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int):
+        super().__init__()
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.kernel_size = kernel_size
+        shape = [out_channels, in_channels, kernel_size, kernel_size]
+        self.weight = Parameter(
+            initializer(conv_weight_init(out_channels, kernel_size), shape, ms.float32), name="weight")
+        self.bias = Parameter(initializer("zeros", [out_channels], ms.float32), name="bias")
+
+
+class OverlapPatchConv(_ConvShapedParameters):
+    """Conv2d(in, out, k, stride, padding k//2) on an NCHW map, returned as tokens [B, H'*W', out].
+
+    "conv": the conv kernel. "matmul": im2col (ops.unfold) then one matrix product with the flattened
+    weight, which is the same sum in the same (in, ky, kx) order.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int, formulation: str):
+        super().__init__(in_channels, out_channels, kernel_size)
+        self.stride = stride
+        self.padding = kernel_size // 2
+        self.use_matmul = resolve_formulation(formulation) == "matmul"
+        self.conv2d = ops.Conv2D(out_channels, kernel_size, mode=1, pad_mode="pad", pad=self.padding,
+                                 stride=stride)
+
+    def construct(self, image):
+        batch, _, height, width = image.shape
+        out_height = conv_output_size(height, self.kernel_size, self.stride, self.padding)
+        out_width = conv_output_size(width, self.kernel_size, self.stride, self.padding)
+        if self.use_matmul:
+            columns = ops.unfold(image, self.kernel_size, padding=self.padding, stride=self.stride)
+            flat_weight = self.weight.reshape(self.out_channels, -1)
+            tokens = ops.matmul(columns.transpose(0, 2, 1), flat_weight.T) + self.bias
+        else:
+            feature_map = ops.bias_add(self.conv2d(image, self.weight), self.bias)
+            tokens = feature_map.reshape(batch, self.out_channels, -1).transpose(0, 2, 1)
+        return tokens, out_height, out_width
+
+
+class SpatialReductionConv(_ConvShapedParameters):
+    """Conv2d(C, C, kernel = stride = ratio) of the attention's key/value path, on tokens of an H x W map.
+
+    "conv": tokens -> NCHW -> conv kernel -> tokens. "matmul": cut the token grid into ratio x ratio
+    patches (the rows/columns a strided conv never reaches are dropped, as the conv drops them) and
+    multiply by the weight flattened in the patch's (ky, kx, in) order.
+    """
+
+    def __init__(self, channels: int, ratio: int, formulation: str):
+        super().__init__(channels, channels, ratio)
+        self.ratio = ratio
+        self.use_matmul = resolve_formulation(formulation) == "matmul"
+        self.conv2d = ops.Conv2D(channels, ratio, mode=1, pad_mode="valid", stride=ratio)
+
+    def construct(self, tokens, height, width):
+        batch = tokens.shape[0]
+        channels = self.out_channels
+        ratio = self.ratio
+        if self.use_matmul:
+            out_height = height // ratio
+            out_width = width // ratio
+            grid = tokens.reshape(batch, height, width, channels)
+            if out_height * ratio != height or out_width * ratio != width:
+                grid = grid[:, :out_height * ratio, :out_width * ratio, :]
+            patches = grid.reshape(batch, out_height, ratio, out_width, ratio, channels)
+            patches = patches.transpose(0, 1, 3, 2, 4, 5).reshape(batch, out_height * out_width, -1)
+            flat_weight = self.weight.transpose(0, 2, 3, 1).reshape(channels, -1)
+            return ops.matmul(patches, flat_weight.T) + self.bias
+        feature_map = tokens.transpose(0, 2, 1).reshape(batch, channels, height, width)
+        reduced = ops.bias_add(self.conv2d(feature_map, self.weight), self.bias)
+        return reduced.reshape(batch, channels, -1).transpose(0, 2, 1)
+
+
+class DropPath(nn.Cell):
+    """Stochastic depth per sample (timm drop_path): zero a sample's residual branch with probability p,
+    scale the kept ones by 1/(1-p). Identity in eval mode or at p = 0."""
+
+    def __init__(self, drop_prob: float = 0.0):
+        super().__init__()
+        self.drop_prob = float(drop_prob)
+        self.keep_prob = 1.0 - self.drop_prob
+
+    def construct(self, x):
+        if not self.training or self.drop_prob == 0.0:
+            return x
+        mask_shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+        keep_mask = ops.floor(self.keep_prob + ops.rand(mask_shape, dtype=x.dtype))
+        return x / self.keep_prob * keep_mask
+
+    def extend_repr(self):
+        return f"drop_prob={self.drop_prob}"
+
+
+def tokens_to_map(tokens, height: int, width: int):
+    """[B, H*W, C] tokens -> [B, C, H, W] feature map."""
+    batch, _, channels = tokens.shape
+    return tokens.reshape(batch, height, width, channels).transpose(0, 3, 1, 2)
+
+
+def map_to_tokens(feature_map):
+    """[B, C, H, W] feature map -> [B, H*W, C] tokens."""
+    batch, channels = feature_map.shape[0], feature_map.shape[1]
+    return feature_map.reshape(batch, channels, -1).transpose(0, 2, 1)

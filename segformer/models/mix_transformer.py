@@ -1,0 +1,163 @@
+"""The Mix Transformer (MiT) backbone of SegFormer, after NVlabs/SegFormer mix_transformer.py.
+
+Four stages; each: overlapping patch embedding (strided conv + LayerNorm eps 1e-5), `depth` blocks of
+efficient self-attention (keys/values from a spatially reduced map) and Mix-FFN (3x3 depthwise conv
+between the two linears instead of a positional embedding), then a stage LayerNorm (eps 1e-6).
+The backbone returns four NCHW maps at strides 4, 8, 16, 32. Attribute names are the official ones, so
+parameter names follow the NVlabs state dict (see notes/model_contract.md).
+"""
+
+from typing import Sequence
+
+import numpy as np
+from mindspore import nn, ops
+
+from segformer.models.layers import (DropPath, OverlapPatchConv, SpatialReductionConv, conv_weight_init, dense,
+                                     layer_norm, map_to_tokens, tokens_to_map)
+from segformer.models.variants import MiTConfig
+
+PATCH_EMBED_NORM_EPS = 1e-5   # nn.LayerNorm default in the official OverlapPatchEmbed
+REDUCTION_NORM_EPS = 1e-5     # nn.LayerNorm default in the official Attention (sr > 1)
+BLOCK_NORM_EPS = 1e-6         # norm_layer=partial(nn.LayerNorm, eps=1e-6) for norm1/norm2 and stage norms
+
+
+def drop_path_rates(depths: Sequence[int], drop_path_rate: float):
+    """Stochastic depth rate of every block in order: torch.linspace(0, rate, sum(depths)) in float32."""
+    return [float(rate) for rate in np.linspace(0.0, drop_path_rate, sum(depths), dtype=np.float32)]
+
+
+class OverlapPatchEmbed(nn.Cell):
+    """Strided conv (kernel k, padding k//2) to tokens, then LayerNorm. Returns (tokens, H', W')."""
+
+    def __init__(self, patch_size: int, stride: int, in_channels: int, embed_dim: int, formulation: str):
+        super().__init__()
+        self.proj = OverlapPatchConv(in_channels, embed_dim, patch_size, stride, formulation)
+        self.norm = layer_norm(embed_dim, PATCH_EMBED_NORM_EPS)
+
+    def construct(self, feature_map):
+        tokens, height, width = self.proj(feature_map)
+        return self.norm(tokens), height, width
+
+
+class Attention(nn.Cell):
+    """Efficient self-attention: queries from every token, keys and values (one fused `kv` linear, rows
+    0:C key, C:2C value) from the map reduced by an sr x sr stride-sr conv + LayerNorm when sr > 1."""
+
+    def __init__(self, dim: int, num_heads: int, sr_ratio: int, formulation: str):
+        super().__init__()
+        if dim % num_heads != 0:
+            raise ValueError(f"attention width {dim} is not divisible by its {num_heads} heads")
+        self.dim = dim
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.scale = self.head_dim ** -0.5
+        self.sr_ratio = sr_ratio
+        self.q = dense(dim, dim)
+        self.kv = dense(dim, dim * 2)
+        self.proj = dense(dim, dim)
+        if sr_ratio > 1:
+            self.sr = SpatialReductionConv(dim, sr_ratio, formulation)
+            self.norm = layer_norm(dim, REDUCTION_NORM_EPS)
+        self.scores = ops.BatchMatMul(transpose_b=True)
+
+    def construct(self, tokens, height, width):
+        batch, num_tokens, _ = tokens.shape
+        query = self.q(tokens).reshape(batch, num_tokens, self.num_heads, self.head_dim).transpose(0, 2, 1, 3)
+        context = tokens
+        if self.sr_ratio > 1:
+            context = self.norm(self.sr(tokens, height, width))
+        key_value = self.kv(context).reshape(batch, -1, 2, self.num_heads, self.head_dim)
+        key_value = key_value.transpose(2, 0, 3, 1, 4)
+        key, value = key_value[0], key_value[1]
+        weights = ops.softmax(self.scores(query, key) * self.scale, axis=-1)
+        attended = ops.matmul(weights, value).transpose(0, 2, 1, 3).reshape(batch, num_tokens, self.dim)
+        return self.proj(attended)
+
+
+class DWConv(nn.Cell):
+    """3x3 depthwise conv (with bias) applied to tokens laid out as their H x W map."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.dwconv = nn.Conv2d(dim, dim, 3, stride=1, pad_mode="pad", padding=1, group=dim, has_bias=True,
+                                weight_init=conv_weight_init(dim, 3, groups=dim), bias_init="zeros")
+
+    def construct(self, tokens, height, width):
+        return map_to_tokens(self.dwconv(tokens_to_map(tokens, height, width)))
+
+
+class Mlp(nn.Cell):
+    """Mix-FFN: fc1 -> depthwise 3x3 conv on the token map -> exact (erf) GELU -> fc2."""
+
+    def __init__(self, dim: int, hidden_dim: int):
+        super().__init__()
+        self.fc1 = dense(dim, hidden_dim)
+        self.dwconv = DWConv(hidden_dim)
+        self.act = nn.GELU(approximate=False)
+        self.fc2 = dense(hidden_dim, dim)
+
+    def construct(self, tokens, height, width):
+        hidden = self.act(self.dwconv(self.fc1(tokens), height, width))
+        return self.fc2(hidden)
+
+
+class Block(nn.Cell):
+    """Pre-norm transformer block: x + DropPath(Attn(norm1 x)); x + DropPath(Mlp(norm2 x))."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: int, sr_ratio: int, drop_path: float,
+                 formulation: str):
+        super().__init__()
+        self.norm1 = layer_norm(dim, BLOCK_NORM_EPS)
+        self.attn = Attention(dim, num_heads, sr_ratio, formulation)
+        self.drop_path = DropPath(drop_path)
+        self.norm2 = layer_norm(dim, BLOCK_NORM_EPS)
+        self.mlp = Mlp(dim, dim * mlp_ratio)
+
+    def construct(self, tokens, height, width):
+        tokens = tokens + self.drop_path(self.attn(self.norm1(tokens), height, width))
+        return tokens + self.drop_path(self.mlp(self.norm2(tokens), height, width))
+
+
+class MixVisionTransformer(nn.Cell):
+    """MiT backbone: image [B, 3, H, W] -> (c1, c2, c3, c4), NCHW maps at strides 4, 8, 16, 32.
+
+    Stage i has `patch_embed{i}`, `block{i}` (a CellList) and `norm{i}`, as in the official code.
+    """
+
+    def __init__(self, config: MiTConfig, drop_path_rate: float, formulation: str):
+        super().__init__()
+        self.in_channels = config.in_channels
+        self.drop_path_rates = drop_path_rates(config.depths, drop_path_rate)
+        in_channels = config.in_channels
+        first_block = 0
+        for stage in range(4):
+            dim = config.embed_dims[stage]
+            depth = config.depths[stage]
+            rates = self.drop_path_rates[first_block:first_block + depth]
+            first_block += depth
+            patch_embed = OverlapPatchEmbed(config.patch_sizes[stage], config.strides[stage], in_channels, dim,
+                                            formulation)
+            blocks = nn.CellList([
+                Block(dim, config.num_heads[stage], config.mlp_ratios[stage], config.sr_ratios[stage], rate,
+                      formulation)
+                for rate in rates])
+            setattr(self, f"patch_embed{stage + 1}", patch_embed)
+            setattr(self, f"block{stage + 1}", blocks)
+            setattr(self, f"norm{stage + 1}", layer_norm(dim, BLOCK_NORM_EPS))
+            in_channels = dim
+
+    def _stage(self, patch_embed, blocks, norm, feature_map):
+        tokens, height, width = patch_embed(feature_map)
+        for block in blocks:
+            tokens = block(tokens, height, width)
+        return tokens_to_map(norm(tokens), height, width)
+
+    def construct(self, image):
+        if image.ndim != 4 or image.shape[1] != self.in_channels:
+            raise ValueError(f"SegFormer expects images of shape [B, {self.in_channels}, H, W], "
+                             f"got shape {image.shape}")
+        c1 = self._stage(self.patch_embed1, self.block1, self.norm1, image)
+        c2 = self._stage(self.patch_embed2, self.block2, self.norm2, c1)
+        c3 = self._stage(self.patch_embed3, self.block3, self.norm3, c2)
+        c4 = self._stage(self.patch_embed4, self.block4, self.norm4, c3)
+        return c1, c2, c3, c4

@@ -1,0 +1,52 @@
+"""SegFormer = MiT backbone + all-MLP decode head, and `build_model`, the one way the project builds it."""
+
+from typing import Optional
+
+from mindspore import nn
+
+from segformer.models.head import SegFormerHead
+from segformer.models.layers import resolve_formulation
+from segformer.models.mix_transformer import MixVisionTransformer
+from segformer.models.variants import MiTConfig, variant_config
+
+
+class SegFormer(nn.Cell):
+    """Image [B, 3, H, W] (normalised RGB) -> class logits [B, num_classes, ceil(H/4), ceil(W/4)]."""
+
+    def __init__(self, config: MiTConfig, num_classes: int, drop_path_rate: float, head_dropout: float,
+                 sync_bn: bool, formulation: str):
+        super().__init__()
+        self.config = config
+        self.num_classes = num_classes
+        self.formulation = formulation
+        self.backbone = MixVisionTransformer(config, drop_path_rate, formulation)
+        self.decode_head = SegFormerHead(config.embed_dims, config.decoder_dim, num_classes, head_dropout,
+                                         sync_bn)
+
+    def construct(self, image):
+        return self.decode_head(self.backbone(image))
+
+
+def build_model(variant: str, num_classes: int = 19, *, drop_path_rate: Optional[float] = None,
+                head_dropout: float = 0.1, sync_bn: bool = False, formulation: Optional[str] = "auto",
+                device: Optional[str] = None) -> SegFormer:
+    """Build SegFormer-`variant` ('b0' ... 'b5'). With the defaults it is the model the official checkpoints
+    load into (drop path 0.1 spread over the blocks, head dropout 0.1, plain BatchNorm in the head).
+
+    sync_bn: synchronise the head's BatchNorm over data-parallel devices (see segformer.models.sync_bn).
+    formulation: "conv" or "matmul" for the strided convolutions; "auto"/None picks by device (matmul on
+    CPU). device: the MindSpore device target the choice is made for (default: the context's).
+    """
+    config = variant_config(variant)
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be at least 1, got {num_classes}")
+    if drop_path_rate is None:
+        drop_path_rate = config.drop_path_rate
+    return SegFormer(config, num_classes, drop_path_rate, head_dropout, sync_bn,
+                     resolve_formulation(formulation, device))
+
+
+def count_parameters(net: nn.Cell, prefix: str = "") -> int:
+    """Number of scalars in the parameters of `net` whose names start with `prefix` (moving BN statistics
+    included, as in a checkpoint's state dict)."""
+    return sum(int(param.size) for name, param in net.parameters_and_names() if name.startswith(prefix))

@@ -1,0 +1,389 @@
+"""Tests of segformer.models: shapes and names against the official code, the two formulations, the head's
+wiring, synchronised BN, and one graph-mode training step.
+
+Expectations are written independently of the model code: the official NVlabs state-dict shapes are derived
+here from the formulas of mix_transformer.py, the variant table is retyped from shared/reference/segformer.md,
+and the parameter names follow notes/model_contract.md.
+"""
+
+import math
+
+import mindspore as ms
+import numpy as np
+import pytest
+import torch
+from mindspore import nn
+from mindspore.nn.utils import no_init_parameters
+
+from segformer.models import build_model, count_parameters, resolve_formulation, variant_from_config
+from segformer.models.head import SegFormerHead
+from segformer.models.layers import DropPath, OverlapPatchConv, SpatialReductionConv
+from segformer.models.sync_bn import AllReduceBatchNorm2d
+
+ms.set_device("CPU")
+
+# Retyped from shared/reference/segformer.md section 1 (not imported from the model code).
+OFFICIAL = {
+    "b0": dict(dims=(32, 64, 160, 256), depths=(2, 2, 2, 2), decoder=256, backbone_m=3.32, head_m=0.40, tensors=176),
+    "b1": dict(dims=(64, 128, 320, 512), depths=(2, 2, 2, 2), decoder=256, backbone_m=13.15, head_m=0.53, tensors=176),
+    "b2": dict(dims=(64, 128, 320, 512), depths=(3, 4, 6, 3), decoder=768, backbone_m=24.20, head_m=3.17, tensors=332),
+    "b3": dict(dims=(64, 128, 320, 512), depths=(3, 4, 18, 3), decoder=768, backbone_m=44.07, head_m=3.17, tensors=572),
+    "b4": dict(dims=(64, 128, 320, 512), depths=(3, 8, 27, 3), decoder=768, backbone_m=60.84, head_m=3.17, tensors=832),
+    "b5": dict(dims=(64, 128, 320, 512), depths=(3, 6, 40, 3), decoder=768, backbone_m=81.44, head_m=3.17, tensors=1052),
+}
+SR_RATIOS = (8, 4, 2, 1)
+PATCH_SIZES = (7, 3, 3, 3)
+STRIDES = (4, 2, 2, 2)
+
+
+def official_backbone_shapes(dims, depths):
+    """NVlabs MixVisionTransformer state-dict keys and shapes, from the formulas of the official __init__."""
+    shapes = {}
+    in_channels = 3
+    for stage, (dim, depth) in enumerate(zip(dims, depths), start=1):
+        k, sr, hidden = PATCH_SIZES[stage - 1], SR_RATIOS[stage - 1], 4 * dim
+        shapes[f"patch_embed{stage}.proj.weight"] = (dim, in_channels, k, k)
+        shapes[f"patch_embed{stage}.proj.bias"] = (dim,)
+        shapes[f"patch_embed{stage}.norm.weight"] = shapes[f"patch_embed{stage}.norm.bias"] = (dim,)
+        for j in range(depth):
+            block = f"block{stage}.{j}."
+            layers = {"norm1": [(dim,), (dim,)], "attn.q": [(dim, dim), (dim,)], "attn.kv": [(2 * dim, dim), (2 * dim,)]}
+            if sr > 1:
+                layers.update({"attn.sr": [(dim, dim, sr, sr), (dim,)], "attn.norm": [(dim,), (dim,)]})
+            layers.update({"attn.proj": [(dim, dim), (dim,)], "norm2": [(dim,), (dim,)],
+                           "mlp.fc1": [(hidden, dim), (hidden,)], "mlp.dwconv.dwconv": [(hidden, 1, 3, 3), (hidden,)],
+                           "mlp.fc2": [(dim, hidden), (dim,)]})
+            for layer, (weight, bias) in layers.items():
+                shapes[block + layer + ".weight"], shapes[block + layer + ".bias"] = weight, bias
+        shapes[f"norm{stage}.weight"] = shapes[f"norm{stage}.bias"] = (dim,)
+        in_channels = dim
+    return shapes
+
+
+def contract_names(dims, depths, decoder, num_classes):
+    """Full MindSpore names and shapes of SegFormer per notes/model_contract.md (norms: gamma/beta)."""
+    expected = {}
+    for key, shape in official_backbone_shapes(dims, depths).items():
+        module, kind = key.rsplit(".", 1)
+        if module.split(".")[-1].startswith("norm"):
+            kind = {"weight": "gamma", "bias": "beta"}[kind]
+        expected[f"backbone.{module}.{kind}"] = shape
+    for i, dim in enumerate(dims, start=1):
+        expected[f"decode_head.linear_c{i}.proj.weight"] = (decoder, dim)
+        expected[f"decode_head.linear_c{i}.proj.bias"] = (decoder,)
+    expected["decode_head.linear_fuse.conv.weight"] = (decoder, 4 * decoder, 1, 1)
+    for stat in ("gamma", "beta", "moving_mean", "moving_variance"):
+        expected[f"decode_head.linear_fuse.bn.{stat}"] = (decoder,)
+    expected["decode_head.linear_pred.weight"] = (num_classes, decoder, 1, 1)
+    expected["decode_head.linear_pred.bias"] = (num_classes,)
+    return expected
+
+
+def names_and_shapes(net, prefix=""):
+    return {name: tuple(p.shape) for name, p in net.parameters_and_names() if name.startswith(prefix)}
+
+
+def official_output_size(size):
+    """Logit size of the official model: the four strided convs' floor((n + 2 * (k // 2) - k) / s) + 1, first only."""
+    return (size + 2 * (PATCH_SIZES[0] // 2) - PATCH_SIZES[0]) // STRIDES[0] + 1
+
+
+def random_image(shape, seed=0):
+    return ms.Tensor(np.random.RandomState(seed).randn(*shape).astype(np.float32))
+
+
+def copy_parameters(source, target):
+    values = {name: p.asnumpy() for name, p in source.parameters_and_names()}
+    for name, p in target.parameters_and_names():
+        p.set_data(ms.Tensor(values[name]))
+
+
+def perturb_parameters(net, seed=0):
+    """Move every parameter off its init (biases 0, norms 1/0) so that wiring mistakes show in outputs."""
+    rng = np.random.RandomState(seed)
+    for _, p in net.parameters_and_names():
+        value = p.asnumpy()
+        if "moving_variance" in p.name:
+            value = rng.uniform(0.5, 2.0, value.shape)
+        else:
+            value = value + 0.05 * rng.randn(*value.shape)
+        p.set_data(ms.Tensor(value.astype(np.float32)))
+
+
+@pytest.mark.parametrize("variant", sorted(OFFICIAL))
+def test_parameter_shapes_and_counts_match_official_checkpoints(variant):
+    spec = OFFICIAL[variant]
+    with no_init_parameters():
+        net = build_model(variant)
+    expected = contract_names(spec["dims"], spec["depths"], spec["decoder"], 19)
+    assert names_and_shapes(net) == expected
+    backbone = names_and_shapes(net, "backbone.")
+    assert len(backbone) == spec["tensors"]
+    backbone_count = count_parameters(net, "backbone.")
+    assert backbone_count == sum(math.prod(shape) for shape in official_backbone_shapes(spec["dims"], spec["depths"]).values())
+    assert round(backbone_count / 1e6, 2) == spec["backbone_m"]
+    assert round(count_parameters(net, "decode_head.") / 1e6, 2) == spec["head_m"]
+
+
+def test_b0_names_follow_the_contract_as_sets():
+    with no_init_parameters():
+        net = build_model("b0")
+    names = [name for name, _ in net.parameters_and_names()]
+    assert len(names) == len(set(names))
+    assert set(names) == set(contract_names(OFFICIAL["b0"]["dims"], OFFICIAL["b0"]["depths"], 256, 19))
+    # checkpoint names are the Parameter names, not only the attribute paths
+    assert [p.name for _, p in net.parameters_and_names()] == names
+    assert isinstance(net.backbone.block1, nn.CellList) and net.decode_head is not None
+
+
+@pytest.mark.parametrize("variant", sorted(OFFICIAL))
+def test_output_shape_of_every_variant(variant):
+    net = build_model(variant, num_classes=7)
+    net.set_train(False)
+    logits = net(random_image((1, 3, 32, 64)))
+    assert logits.shape == (1, 7, 8, 16)
+
+
+@pytest.mark.parametrize("height, width", [(70, 90), (33, 47)])
+def test_output_size_for_sizes_not_divisible_by_32(height, width):
+    net = build_model("b0")
+    net.set_train(False)
+    logits = net(random_image((2, 3, height, width)))
+    assert logits.shape == (2, 19, official_output_size(height), official_output_size(width))
+    assert np.isfinite(logits.asnumpy()).all()
+
+
+def test_wrong_channel_count_is_a_clear_error():
+    net = build_model("b0")
+    with pytest.raises(ValueError, match=r"\[B, 3, H, W\].*\(1, 4, 64, 64\)"):
+        net(random_image((1, 4, 64, 64)))
+
+
+def test_formulations_agree_in_outputs_gradients_names_and_shapes():
+    conv_net = build_model("b0", formulation="conv")
+    matmul_net = build_model("b0", formulation="matmul")
+    perturb_parameters(conv_net)
+    copy_parameters(conv_net, matmul_net)
+    assert names_and_shapes(conv_net) == names_and_shapes(matmul_net)
+    image = random_image((1, 3, 70, 90))   # 18 x 23 tokens at stage 1: the 8x8 reduction drops a border
+    results = []
+    for net in (conv_net, matmul_net):
+        net.set_train(False)
+        grad_fn = ms.value_and_grad(lambda x, n=net: (n(x) ** 2).mean(), None, net.trainable_params())
+        loss, grads = grad_fn(image)
+        results.append((net(image).asnumpy(), float(loss), [g.asnumpy() for g in grads]))
+    (conv_out, conv_loss, conv_grads), (matmul_out, matmul_loss, matmul_grads) = results
+    np.testing.assert_allclose(matmul_out, conv_out, rtol=1e-4, atol=1e-4)
+    assert matmul_loss == pytest.approx(conv_loss, rel=1e-5)
+    names = [p.name for p in conv_net.trainable_params()]
+    for name, g_conv, g_matmul in zip(names, conv_grads, matmul_grads):
+        scale = np.abs(g_conv).max() + 1e-12
+        assert np.abs(g_matmul - g_conv).max() / scale < 1e-3, name
+
+
+@pytest.mark.parametrize("kernel, stride, size", [(7, 4, (23, 30)), (3, 2, (9, 14))])
+def test_patch_conv_formulations_match_torch_conv(kernel, stride, size):
+    layers = [OverlapPatchConv(5, 6, kernel, stride, formulation) for formulation in ("conv", "matmul")]
+    layers[1].weight.set_data(layers[0].weight.value())
+    layers[0].bias.set_data(random_image((6,), seed=3))
+    layers[1].bias.set_data(layers[0].bias.value())
+    image = random_image((2, 5) + size)
+    expected = torch.nn.functional.conv2d(torch.from_numpy(image.asnumpy()), torch.from_numpy(layers[0].weight.asnumpy()),
+                                          torch.from_numpy(layers[0].bias.asnumpy()), stride=stride, padding=kernel // 2)
+    for layer in layers:
+        tokens, height, width = layer(image)
+        assert (height, width) == tuple(expected.shape[2:])
+        np.testing.assert_allclose(tokens.asnumpy(), expected.flatten(2).transpose(1, 2).numpy(), atol=1e-4)
+
+
+def test_spatial_reduction_formulations_match_torch_conv():
+    layers = [SpatialReductionConv(6, 4, formulation) for formulation in ("conv", "matmul")]
+    layers[1].weight.set_data(layers[0].weight.value())
+    height, width = 10, 13   # not multiples of 4: the conv ignores the last rows and columns
+    tokens = random_image((2, height * width, 6))
+    torch_map = torch.from_numpy(tokens.asnumpy()).transpose(1, 2).reshape(2, 6, height, width)
+    expected = torch.nn.functional.conv2d(torch_map, torch.from_numpy(layers[0].weight.asnumpy()), stride=4)
+    for layer in layers:
+        np.testing.assert_allclose(layer(tokens, height, width).asnumpy(), expected.flatten(2).transpose(1, 2).numpy(),
+                                   atol=1e-5)
+
+
+def test_formulation_is_chosen_by_device_in_one_place():
+    assert resolve_formulation("auto", "CPU") == "matmul"
+    assert resolve_formulation("auto", "Ascend") == "conv"
+    assert resolve_formulation(None, "GPU") == "conv"
+    assert resolve_formulation("conv", "CPU") == "conv"
+    with pytest.raises(ValueError, match="formulation"):
+        resolve_formulation("winograd", "CPU")
+    with no_init_parameters():
+        assert build_model("b0").formulation == "matmul"      # this test runs on CPU
+        assert build_model("b0", formulation="conv").backbone.patch_embed1.proj.use_matmul is False
+
+
+def test_mlp_uses_exact_erf_gelu():
+    with no_init_parameters():
+        act = build_model("b0").backbone.block2[1].mlp.act
+    x = np.linspace(-4, 4, 161).astype(np.float32)
+    exact = np.array([0.5 * v * (1 + math.erf(v / math.sqrt(2))) for v in x])
+    tanh = 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3)))
+    assert np.abs(exact - tanh).max() > 1e-4          # the two forms are distinguishable on this grid
+    np.testing.assert_allclose(act(ms.Tensor(x)).asnumpy(), exact, atol=2e-6)
+
+
+def test_layer_norm_eps_of_each_norm():
+    with no_init_parameters():
+        net = build_model("b2")
+    seen = 0
+    for name, cell in net.cells_and_names():
+        if isinstance(cell, nn.LayerNorm):
+            seen += 1
+            expected = 1e-5 if (".patch_embed" in name or name.endswith("attn.norm")) else 1e-6
+            assert cell.epsilon == expected, name
+    assert seen == 4 + 3 * 16 + 13 + 4   # patch embeds, 3 per block, reduction norms (sr>1 blocks), stage norms
+
+
+def test_layer_norm_eps_is_the_one_used_in_the_computation():
+    with no_init_parameters():
+        norm = build_model("b0").backbone.block1[0].norm1
+    norm.init_parameters_data()
+    x = np.array([[0.0, 1e-3]], np.float32)   # variance 2.5e-7: eps 1e-6 vs 1e-5 changes the result a lot
+    expected = (x - x.mean()) / np.sqrt(x.var() + 1e-6)
+    np.testing.assert_allclose(norm(ms.Tensor(x)).asnumpy(), expected, rtol=1e-3)
+
+
+def test_head_concatenates_c4_c3_c2_c1_and_resizes_like_torch():
+    dims, embed = (3, 4, 5, 6), 8
+    head = SegFormerHead(dims, embed, num_classes=embed, dropout=0.1)
+    head.set_train(False)
+    features = [random_image((1, c, 12 // 2 ** i, 20 // 2 ** i), seed=i) for i, c in enumerate(dims)]
+    identity = np.eye(embed, dtype=np.float32).reshape(embed, embed, 1, 1)
+    head.linear_pred.weight.set_data(ms.Tensor(identity))
+    head.linear_pred.bias.set_data(ms.Tensor(np.zeros(embed, np.float32)))
+    projections = [head.linear_c1, head.linear_c2, head.linear_c3, head.linear_c4]
+    for slot, source in enumerate((3, 2, 1, 0)):            # slot k of the concat must hold c4, c3, c2, c1
+        fuse = np.zeros((embed, 4 * embed, 1, 1), np.float32)
+        fuse[:, slot * embed:(slot + 1) * embed] = identity
+        head.linear_fuse.conv.weight.set_data(ms.Tensor(fuse))
+        proj = projections[source].proj
+        tokens = torch.from_numpy(features[source].asnumpy()).flatten(2).transpose(1, 2)
+        projected = torch.nn.functional.linear(tokens, torch.from_numpy(proj.weight.asnumpy()),
+                                               torch.from_numpy(proj.bias.asnumpy()))
+        projected = projected.transpose(1, 2).reshape(1, embed, *features[source].shape[2:])
+        resized = torch.nn.functional.interpolate(projected, size=(12, 20), mode="bilinear", align_corners=False)
+        expected = torch.relu(resized / math.sqrt(1 + 1e-5)).numpy()    # eval BN: mean 0, var 1
+        np.testing.assert_allclose(head(features).asnumpy(), expected, atol=1e-5, err_msg=f"slot {slot}")
+
+
+def test_drop_path_rates_spread_linearly_over_all_blocks():
+    with no_init_parameters():
+        net = build_model("b2")
+    depths = OFFICIAL["b2"]["depths"]
+    official = [x.item() for x in torch.linspace(0, 0.1, sum(depths))]
+    blocks = [block for stage in (net.backbone.block1, net.backbone.block2, net.backbone.block3, net.backbone.block4)
+              for block in stage]
+    assert len(blocks) == sum(depths)
+    np.testing.assert_allclose([block.drop_path.drop_prob for block in blocks], official, rtol=0, atol=1e-7)
+    assert blocks[0].drop_path.drop_prob == 0.0 and blocks[-1].drop_path.drop_prob == pytest.approx(0.1)
+    assert net.decode_head.dropout.keep_prob == pytest.approx(0.9)
+    with no_init_parameters():
+        assert build_model("b0", drop_path_rate=0.0).backbone.block4[1].drop_path.drop_prob == 0.0
+
+
+def test_drop_path_drops_whole_samples_and_rescales():
+    layer = DropPath(0.5)
+    x = ms.Tensor(np.ones((400, 3, 2), np.float32))
+    layer.set_train(True)
+    y = layer(x).asnumpy()
+    per_sample = y.reshape(400, -1)
+    assert set(np.unique(per_sample)) <= {0.0, 2.0}
+    assert (per_sample.min(axis=1) == per_sample.max(axis=1)).all()
+    assert 120 < (per_sample[:, 0] == 0).sum() < 280
+    layer.set_train(False)
+    np.testing.assert_array_equal(layer(x).asnumpy(), x.asnumpy())
+
+
+def test_official_initialisation():
+    ms.set_seed(0)
+    net = build_model("b1")
+    params = {name: p.asnumpy() for name, p in net.parameters_and_names()}
+    linear = params["backbone.block2.0.mlp.fc1.weight"]
+    assert linear.std() == pytest.approx(0.02, rel=0.05) and np.abs(linear).max() < 2.0
+    assert not params["backbone.block2.0.mlp.fc1.bias"].any()
+    patch = params["backbone.patch_embed1.proj.weight"]                  # fan_out = 7 * 7 * 64
+    assert patch.std() == pytest.approx(math.sqrt(2 / (49 * 64)), rel=0.05)
+    dwconv = params["backbone.block1.0.mlp.dwconv.dwconv.weight"]         # fan_out = 3 * 3 * 256 / 256
+    assert dwconv.std() == pytest.approx(math.sqrt(2 / 9), rel=0.1)
+    sr = params["backbone.block1.0.attn.sr.weight"]                       # fan_out = 8 * 8 * 64
+    assert sr.std() == pytest.approx(math.sqrt(2 / (64 * 64)), rel=0.05)
+    assert (params["backbone.norm1.gamma"] == 1).all() and not params["backbone.norm1.beta"].any()
+    fuse = params["decode_head.linear_fuse.conv.weight"]                 # kaiming normal, fan_out = 256
+    assert fuse.std() == pytest.approx(math.sqrt(2 / 256), rel=0.05)
+    assert (params["decode_head.linear_fuse.bn.moving_variance"] == 1).all()
+
+
+def test_all_reduce_batch_norm_equals_batch_norm_on_one_device():
+    plain = nn.BatchNorm2d(6, eps=1e-5, momentum=0.9)
+    synced = AllReduceBatchNorm2d(6, eps=1e-5, momentum=0.9)
+    assert not synced.synchronised
+    assert [p.name for p in plain.get_parameters()] == [p.name for p in synced.get_parameters()]
+    gamma, beta = random_image((6,), seed=1), random_image((6,), seed=2)
+    channel_weights = ms.Tensor(np.arange(6, dtype=np.float32).reshape(1, 6, 1, 1) ** 2)
+    for layer in (plain, synced):
+        layer.gamma.set_data(gamma)
+        layer.beta.set_data(beta)
+        layer.set_train(True)
+    for step in range(2):
+        x = random_image((3, 6, 5, 7), seed=10 + step) * 3 + 1
+        outputs = []
+        for layer in (plain, synced):
+            grad_fn = ms.value_and_grad(lambda t, n=layer: (n(t) * channel_weights).sum(), 0, layer.trainable_params())
+            _, (x_grad, param_grads) = grad_fn(x)
+            outputs.append([layer(x).asnumpy(), x_grad.asnumpy()] + [g.asnumpy() for g in param_grads])
+        for got, want in zip(outputs[1], outputs[0]):
+            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    # value_and_grad plus the forward above ran 4 training passes per layer on identical inputs
+    np.testing.assert_allclose(synced.moving_mean.asnumpy(), plain.moving_mean.asnumpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(synced.moving_variance.asnumpy(), plain.moving_variance.asnumpy(), rtol=1e-5, atol=1e-6)
+    for layer in (plain, synced):
+        layer.set_train(False)
+    x = random_image((2, 6, 3, 3), seed=5)
+    np.testing.assert_allclose(synced(x).asnumpy(), plain(x).asnumpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_sync_bn_keyword_keeps_the_checkpoint_names():
+    with no_init_parameters():
+        plain, synced = build_model("b0"), build_model("b0", sync_bn=True)
+    assert isinstance(synced.decode_head.linear_fuse.bn, AllReduceBatchNorm2d)
+    assert names_and_shapes(plain) == names_and_shapes(synced)
+
+
+def test_variant_names_and_config_lookup():
+    assert variant_from_config({"variant": "MiT_B3"}) == "b3"
+    with pytest.raises(ValueError, match="b6"):
+        build_model("b6")
+    with pytest.raises(KeyError, match="variant"):
+        variant_from_config({})
+
+
+@pytest.mark.slow
+def test_graph_mode_training_step_and_channel_error():
+    """One graph compile: value_and_grad of b0 in train mode (DropPath, Dropout2d, BN batch statistics)."""
+    net = build_model("b0", sync_bn=True)
+    net.set_train(True)
+    image = random_image((2, 3, 64, 64))
+    ms.set_context(mode=ms.GRAPH_MODE)
+    try:
+        def loss_fn(x):
+            return (net(x) ** 2).mean()
+
+        grad_fn = ms.value_and_grad(loss_fn, None, net.trainable_params())
+        loss, grads = grad_fn(image)
+        assert np.isfinite(float(loss))
+        assert len(grads) == len(net.trainable_params())
+        assert all(np.isfinite(g.asnumpy()).all() for g in grads)
+        assert np.abs(grads[0].asnumpy()).max() > 0
+        with pytest.raises(ValueError, match=r"\[B, 3, H, W\]"):
+            net(random_image((1, 1, 64, 64)))
+    finally:
+        ms.set_context(mode=ms.PYNATIVE_MODE)
+    assert np.abs(net.decode_head.linear_fuse.bn.moving_mean.asnumpy()).max() > 0
