@@ -19,6 +19,7 @@
 # squeue, which sees finished jobs for MinJobAge (set to 600 s below). Needs root (daemons running
 # as root, jobs of any user) and, if the packages are missing, apt-get. No systemd is needed.
 set -euo pipefail
+export PATH="$PATH:/usr/sbin:/sbin"   # the daemons live in sbin, often missing from a user's PATH
 
 DIR="${SLURM_TEST_DIR:-/tmp/segformer-slurm}"
 CTLD_PORT="${SLURM_TEST_CTLD_PORT:-16817}"   # away from the usual 6817/6818 of a real cluster
@@ -37,8 +38,7 @@ log() { echo "slurm_cluster.sh: $*" >&2; }
 missing_commands() {
     local cmd missing=()
     for cmd in "${NEEDED_COMMANDS[@]}"; do
-        command -v "$cmd" >/dev/null 2>&1 || PATH="$PATH:/usr/sbin:/sbin" command -v "$cmd" >/dev/null 2>&1 \
-            || missing+=("$cmd")
+        command -v "$cmd" >/dev/null 2>&1 || missing+=("$cmd")
     done
     echo "${missing[*]}"
 }
@@ -203,6 +203,8 @@ start() {
     stop_daemons quiet   # leftovers of a half-started or killed cluster
     write_config
     link_default_config
+    # Job ids restart at 1 after a clean start: keep the completed-job record of one run only.
+    if [[ -f "$DIR/log/jobcomp.log" ]]; then mv "$DIR/log/jobcomp.log" "$DIR/log/jobcomp.log.1"; fi
     export SLURM_CONF="$CONF"
     start_munged
     # -c: clean start, so that jobs of an earlier, killed run do not come back as ghosts.
@@ -239,7 +241,9 @@ status() {
         if daemon_alive "$name"; then echo "$name: running (PID $(pid_of "$name"))"
         else echo "$name: not running"; ok=1; fi
     done
-    state="$(node_state)"
+    # sinfo retries a dead controller for seconds: ask only a live one.
+    state=""
+    if daemon_alive slurmctld; then state="$(node_state)"; fi
     echo "node localhost: ${state:-no answer}"
     [[ -n "$state" ]] || ok=1
     echo "SLURM_CONF=$CONF"

@@ -10,7 +10,6 @@ the logits are O(1): a wrong or missing rename shows up far above the 1e-4 toler
 import importlib.util
 import json
 import math
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -114,7 +113,8 @@ def hf_b0(tmp_path_factory):
     model = random_hf_model("b0")
     model.save_pretrained(folder)
     x = np.random.default_rng(0).standard_normal(SHAPES["b0"]).astype(np.float32)
-    return {"model": model, "dir": folder, "x": x, "logits": hf_logits(model, x), "file": load_file(folder / "model.safetensors")}
+    return {"model": model, "dir": folder, "x": x, "logits": hf_logits(model, x),
+            "file": load_file(folder / "model.safetensors")}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -126,7 +126,7 @@ def nvlabs_state(hf_file, variant):
     t = {k: torch.from_numpy(v.copy()) for k, v in hf_file.items()}
     nv = {}
     for i in range(4):
-        s, e = i + 1, f"segformer.encoder"
+        s, e = i + 1, "segformer.encoder"
         nv[f"backbone.patch_embed{s}.proj.weight"] = t[f"{e}.patch_embeddings.{i}.proj.weight"]
         nv[f"backbone.patch_embed{s}.proj.bias"] = t[f"{e}.patch_embeddings.{i}.proj.bias"]
         nv[f"backbone.patch_embed{s}.norm.weight"] = t[f"{e}.patch_embeddings.{i}.layer_norm.weight"]
@@ -142,7 +142,8 @@ def nvlabs_state(hf_file, variant):
                 for p in ("weight", "bias"):
                     nv[f"{n}.{ours}.{p}"] = t[f"{h}.{theirs}.{p}"]
             for p in ("weight", "bias"):
-                nv[f"{n}.attn.kv.{p}"] = torch.cat([t[f"{h}.attention.self.key.{p}"], t[f"{h}.attention.self.value.{p}"]])
+                key, value = t[f"{h}.attention.self.key.{p}"], t[f"{h}.attention.self.value.{p}"]
+                nv[f"{n}.attn.kv.{p}"] = torch.cat([key, value])
         nv[f"backbone.norm{s}.weight"] = t[f"{e}.layer_norm.{i}.weight"]
         nv[f"backbone.norm{s}.bias"] = t[f"{e}.layer_norm.{i}.bias"]
         nv[f"decode_head.linear_c{s}.proj.weight"] = t[f"decode_head.linear_c.{i}.proj.weight"]
@@ -182,8 +183,10 @@ def mmcv_checkpoint(state_dict):
     c = state["decode_head.linear_pred.weight"].shape[1]
     state["decode_head.conv_seg.weight"] = torch.randn(19, c, 1, 1)
     state["decode_head.conv_seg.bias"] = torch.randn(19)
-    optimizer = {"state": {0: {"step": torch.tensor(160000.0), "exp_avg": torch.zeros(3), "exp_avg_sq": torch.zeros(3)}},
-                 "param_groups": [{"lr": 6e-5, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.01, "params": [0]}]}
+    optimizer = {
+        "state": {0: {"step": torch.tensor(160000.0), "exp_avg": torch.zeros(3), "exp_avg_sq": torch.zeros(3)}},
+        "param_groups": [{"lr": 6e-5, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.01, "params": [0]}],
+    }
     return {"meta": meta, "state_dict": state, "optimizer": optimizer}
 
 
@@ -254,12 +257,14 @@ def test_imagenet_backbone_converts_backbone_only(hf_b0, tmp_path, capsys):
     assert "decode head is not in the source and keeps its initialisation" in out
     params = read_ckpt(dst)
     assert len(params) == 176 and all(k.startswith("backbone.") for k in params)
-    np.testing.assert_array_equal(params["backbone.block1.0.attn.kv.weight"], nv["backbone.block1.0.attn.kv.weight"].numpy())
+    kv = "backbone.block1.0.attn.kv.weight"
+    np.testing.assert_array_equal(params[kv], nv[kv].numpy())
     np.testing.assert_array_equal(params["backbone.norm4.gamma"], nv["backbone.norm4.weight"].numpy())
     net = build_model("b0")
     not_loaded, unused = mindspore.load_param_into_net(
         net, {k: mindspore.Parameter(mindspore.Tensor(v), name=k) for k, v in params.items()})
-    assert unused == [] and sorted(not_loaded) == sorted(k for k in expected_shapes("b0") if k.startswith("decode_head."))
+    assert unused == []
+    assert sorted(not_loaded) == sorted(k for k in expected_shapes("b0") if k.startswith("decode_head."))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -282,7 +287,8 @@ def test_bad_keys_listed_by_name(hf_b0, tmp_path, capsys):
     torch.save({"state_dict": nv, "meta": {}}, src)
     assert convert_model.main(["--pt_model_path", str(src), "--ms_model_path", str(dst)]) == 1
     err = capsys.readouterr().err
-    assert "missing (2): backbone.block1.0.attn.q.bias, backbone.block2.1.norm2.gamma (source: backbone.block2.1.norm2.weight)" in err
+    assert ("missing (2): backbone.block1.0.attn.q.bias, "
+            "backbone.block2.1.norm2.gamma (source: backbone.block2.1.norm2.weight)") in err
     assert "unexpected (1): backbone.block1.0.attn.extra.weight" in err
     assert "decode_head.linear_c2.proj.weight: checkpoint (256, 65), model (256, 64)" in err
     assert not dst.exists()
@@ -366,8 +372,20 @@ def test_round_trip_mindspore_hf_mindspore_is_exact(hf_b0, tmp_path, capsys):
     np.testing.assert_array_equal(hf_logits(model.eval(), hf_b0["x"]), hf_b0["logits"])
 
 
+def test_mindspore_source_drops_optimizer_state(hf_b0):
+    _, params, _ = to_mindspore(hf_b0["file"], "hf")
+    state = dict(params, **{"adamw_m.backbone.norm1.gamma": np.zeros(32, np.float32),
+                            "adamw_v.backbone.norm1.gamma": np.zeros(32, np.float32), "adamw_step": np.zeros(1)})
+    _, again, notes = to_mindspore(state, "mindspore", "b0")
+    assert again.keys() == params.keys()
+    assert any("optimizer state" in n and "adamw_step" in n for n in notes)
+    with pytest.raises(ConversionError, match=r"unexpected \(1\): iteration"):
+        to_mindspore(dict(params, iteration=np.zeros(1)), "mindspore")
+
+
 def test_backbone_only_to_hf_refused(hf_b0, tmp_path):
-    flat = {k.removeprefix("backbone."): v for k, v in nvlabs_state(hf_b0["file"], "b0").items() if k.startswith("backbone.")}
+    nv = nvlabs_state(hf_b0["file"], "b0")
+    flat = {k.removeprefix("backbone."): v for k, v in nv.items() if k.startswith("backbone.")}
     src = tmp_path / "mit_b0.pth"
     torch.save(flat, src)
     assert convert_model.main(["--pt_model_path", str(src), "--ms_model_path", str(tmp_path / "hf"), "--to", "hf"]) == 1

@@ -258,8 +258,11 @@ def test_missing_image_or_annotation_is_reported(tmp_path):
     image_b.unlink()
     orphan = tmp_path / "leftImg8bit/val/lindau/lindau_000009_000019_leftImg8bit.png"
     write_png(orphan, np.zeros((H, W, 3), np.uint8))
+    odd = tmp_path / "leftImg8bit/val/lindau/snapshot_leftImg8bit.png"
+    write_png(odd, np.zeros((H, W, 3), np.uint8))
     result = run_cli(tmp_path, "--lists_dir", tmp_path / "lists", "--manifest", tmp_path / "m.json")
     assert result.returncode == 1
+    assert f"{odd}: file name is not CITY_SEQ_FRAME_leftImg8bit.png" in result.stderr
     assert f"{paths[1]}: no image for this annotation (expected {image_b})" in result.stderr
     assert f"{orphan}: no annotation for this image" in result.stderr
     assert not (tmp_path / "m.json").exists() and not (tmp_path / "lists").exists()

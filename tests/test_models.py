@@ -17,7 +17,7 @@ from mindspore.nn.utils import no_init_parameters
 
 from segformer.models import build_model, count_parameters, resolve_formulation, variant_from_config
 from segformer.models.head import SegFormerHead
-from segformer.models.layers import DropPath, OverlapPatchConv, SpatialReductionConv
+from segformer.models.layers import DepthwiseConv3x3, DropPath, OverlapPatchConv, SpatialReductionConv
 from segformer.models.sync_bn import AllReduceBatchNorm2d
 
 ms.set_device("CPU")
@@ -98,6 +98,18 @@ def copy_parameters(source, target):
         p.set_data(ms.Tensor(values[name]))
 
 
+def quick_model(variant, **kwargs):
+    """build_model without the official (slow, ~1 s per 20 M) random init: small seeded values instead."""
+    with no_init_parameters():
+        net = build_model(variant, **kwargs)
+    rng = np.random.RandomState(0)
+    for _, p in net.parameters_and_names():
+        fill = np.ones(p.shape, np.float32) if p.name.endswith(("gamma", "moving_variance")) else \
+            (0.02 * rng.standard_normal(p.shape)).astype(np.float32)
+        p.set_data(ms.Tensor(fill))
+    return net
+
+
 def perturb_parameters(net, seed=0):
     """Move every parameter off its init (biases 0, norms 1/0) so that wiring mistakes show in outputs."""
     rng = np.random.RandomState(seed)
@@ -138,23 +150,22 @@ def test_b0_names_follow_the_contract_as_sets():
 
 @pytest.mark.parametrize("variant", sorted(OFFICIAL))
 def test_output_shape_of_every_variant(variant):
-    net = build_model(variant, num_classes=7)
+    net = quick_model(variant, num_classes=7)
     net.set_train(False)
-    logits = net(random_image((1, 3, 32, 64)))
+    logits = net(random_image((1, 3, 32, 64)))   # the smallest input every 8/4/2-fold reduction accepts
     assert logits.shape == (1, 7, 8, 16)
 
 
-@pytest.mark.parametrize("height, width", [(70, 90), (33, 47)])
-def test_output_size_for_sizes_not_divisible_by_32(height, width):
-    net = build_model("b0")
+def test_output_size_for_a_size_not_divisible_by_32():
+    net = quick_model("b0")
     net.set_train(False)
-    logits = net(random_image((2, 3, height, width)))
-    assert logits.shape == (2, 19, official_output_size(height), official_output_size(width))
+    logits = net(random_image((2, 3, 33, 47)))
+    assert logits.shape == (2, 19, official_output_size(33), official_output_size(47)) == (2, 19, 9, 12)
     assert np.isfinite(logits.asnumpy()).all()
 
 
 def test_wrong_channel_count_is_a_clear_error():
-    net = build_model("b0")
+    net = quick_model("b0")
     with pytest.raises(ValueError, match=r"\[B, 3, H, W\].*\(1, 4, 64, 64\)"):
         net(random_image((1, 4, 64, 64)))
 
@@ -169,10 +180,15 @@ def test_formulations_agree_in_outputs_gradients_names_and_shapes():
     results = []
     for net in (conv_net, matmul_net):
         net.set_train(False)
-        grad_fn = ms.value_and_grad(lambda x, n=net: (n(x) ** 2).mean(), None, net.trainable_params())
-        loss, grads = grad_fn(image)
-        results.append((net(image).asnumpy(), float(loss), [g.asnumpy() for g in grads]))
+
+        def loss_and_logits(x, net=net):
+            logits = net(x)
+            return (logits ** 2).mean(), logits
+
+        (loss, logits), grads = ms.value_and_grad(loss_and_logits, None, net.trainable_params(), has_aux=True)(image)
+        results.append((logits.asnumpy(), float(loss), [g.asnumpy() for g in grads]))
     (conv_out, conv_loss, conv_grads), (matmul_out, matmul_loss, matmul_grads) = results
+    assert conv_out.shape == (1, 19, official_output_size(70), official_output_size(90)) == (1, 19, 18, 23)
     np.testing.assert_allclose(matmul_out, conv_out, rtol=1e-4, atol=1e-4)
     assert matmul_loss == pytest.approx(conv_loss, rel=1e-5)
     names = [p.name for p in conv_net.trainable_params()]
@@ -203,6 +219,22 @@ def test_spatial_reduction_formulations_match_torch_conv():
     tokens = random_image((2, height * width, 6))
     torch_map = torch.from_numpy(tokens.asnumpy()).transpose(1, 2).reshape(2, 6, height, width)
     expected = torch.nn.functional.conv2d(torch_map, torch.from_numpy(layers[0].weight.asnumpy()), stride=4)
+    for layer in layers:
+        np.testing.assert_allclose(layer(tokens, height, width).asnumpy(), expected.flatten(2).transpose(1, 2).numpy(),
+                                   atol=1e-5)
+
+
+def test_depthwise_conv_formulations_match_torch_grouped_conv():
+    layers = [DepthwiseConv3x3(8, formulation) for formulation in ("conv", "matmul")]
+    assert tuple(layers[0].weight.shape) == (8, 1, 3, 3)
+    layers[0].bias.set_data(random_image((8,), seed=4))
+    for name in ("weight", "bias"):
+        getattr(layers[1], name).set_data(getattr(layers[0], name).value())
+    height, width = 5, 7
+    tokens = random_image((2, height * width, 8))
+    torch_map = torch.from_numpy(tokens.asnumpy()).transpose(1, 2).reshape(2, 8, height, width)
+    expected = torch.nn.functional.conv2d(torch_map, torch.from_numpy(layers[0].weight.asnumpy()),
+                                          torch.from_numpy(layers[0].bias.asnumpy()), padding=1, groups=8)
     for layer in layers:
         np.testing.assert_allclose(layer(tokens, height, width).asnumpy(), expected.flatten(2).transpose(1, 2).numpy(),
                                    atol=1e-5)
@@ -239,14 +271,14 @@ def test_layer_norm_eps_of_each_norm():
             seen += 1
             expected = 1e-5 if (".patch_embed" in name or name.endswith("attn.norm")) else 1e-6
             assert cell.epsilon == expected, name
-    assert seen == 4 + 3 * 16 + 13 + 4   # patch embeds, 3 per block, reduction norms (sr>1 blocks), stage norms
+    assert seen == 4 + 2 * 16 + 13 + 4   # patch embeds, norm1/norm2 per block, reduction norms (sr>1 blocks), stage norms
 
 
 def test_layer_norm_eps_is_the_one_used_in_the_computation():
     with no_init_parameters():
         norm = build_model("b0").backbone.block1[0].norm1
     norm.init_parameters_data()
-    x = np.array([[0.0, 1e-3]], np.float32)   # variance 2.5e-7: eps 1e-6 vs 1e-5 changes the result a lot
+    x = np.tile(np.array([0.0, 1e-3], np.float32), 16)[None]   # variance 2.5e-7: 1e-6 and 1e-5 differ a lot
     expected = (x - x.mean()) / np.sqrt(x.var() + 1e-6)
     np.testing.assert_allclose(norm(ms.Tensor(x)).asnumpy(), expected, rtol=1e-3)
 
@@ -325,7 +357,7 @@ def test_all_reduce_batch_norm_equals_batch_norm_on_one_device():
     plain = nn.BatchNorm2d(6, eps=1e-5, momentum=0.9)
     synced = AllReduceBatchNorm2d(6, eps=1e-5, momentum=0.9)
     assert not synced.synchronised
-    assert [p.name for p in plain.get_parameters()] == [p.name for p in synced.get_parameters()]
+    assert sorted(names_and_shapes(plain).items()) == sorted(names_and_shapes(synced).items())
     gamma, beta = random_image((6,), seed=1), random_image((6,), seed=2)
     channel_weights = ms.Tensor(np.arange(6, dtype=np.float32).reshape(1, 6, 1, 1) ** 2)
     for layer in (plain, synced):

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import mindspore as ms
-from mindspore import Parameter, Tensor, nn
+from mindspore import Parameter, Tensor, nn, ops
 
 from segformer.engine.optim import AdamW, build_param_groups, describe_param_groups, match_custom_key
 from segformer.engine.schedule import PolySchedule, lr_at, lr_table
@@ -161,7 +161,9 @@ def test_adamw_matches_torch_over_three_scheduled_steps():
         optimizer.set_lr(lr)
         for group, g in zip(torch_opt.param_groups, groups):
             group["lr"] = lr * g.lr_mult  # what mmcv's LrUpdaterHook does per group
-        grads = [rng.standard_normal(p.shape).astype(np.float32) * 0.1 for p in optimizer.parameters]
+        # q.bias gets gradients near eps (1e-8), where eps's place (after the root) decides the step
+        grads = [(rng.standard_normal(p.shape) * (3e-8 if p.name.endswith("q.bias") else 0.1)).astype(np.float32)
+                 for p in optimizer.parameters]
         apply(ms.mutable(tuple(Tensor(g) for g in grads)))  # mutable: one compile for all steps
         for p, g in zip(optimizer.parameters, grads):
             torch_params[p.name].grad = torch.from_numpy(g)
@@ -214,17 +216,39 @@ def test_state_saves_and_resumes(tmp_path):
     ms.save_checkpoint(opt_a, ckpt)
     opt_a(grads[2])
 
-    params_b = _model_params(np.random.default_rng(4))  # different values: everything must come from the file
-    opt_b = AdamW(build_param_groups(params_b, base_lr=1e-2, weight_decay=0.05), lr=1e-2)
     saved = ms.load_checkpoint(ckpt)
     assert {"adamw_step", "adamw_lr", "adamw_m.decode_head.linear_pred.bias", "adamw_v.backbone.block1.0.norm1.gamma",
             "backbone.block1.0.attn.q.weight"} <= set(saved)
+
+    # before any compile: the stock loader restores network and optimizer state together
+    params_b = _model_params(np.random.default_rng(4))  # different values: everything must come from the file
+    opt_b = AdamW(build_param_groups(params_b, base_lr=1e-2, weight_decay=0.05), lr=1e-2)
     not_loaded, _ = ms.load_param_into_net(opt_b, saved, strict_load=True)
     assert not not_loaded
     assert opt_b.num_steps == 2 and opt_b.get_lr() == pytest.approx(5e-3)
     opt_b(grads[2])
     for pa, pb in zip(opt_a.parameters, opt_b.parameters):
         np.testing.assert_array_equal(pa.asnumpy(), pb.asnumpy())
+
+    # after a compiled step: load_state writes in place, so the compiled graph sees the restored state
+    params_c = _model_params(np.random.default_rng(2))
+    opt_c = AdamW(build_param_groups(params_c, base_lr=1e-2, weight_decay=0.05), lr=1e-2)
+
+    @ms.jit
+    def apply(g):
+        return opt_c(g)
+
+    apply(ms.mutable(grads[0]))
+    saved = ms.load_checkpoint(ckpt)  # afresh: load_param_into_net above made opt_b share these buffers
+    for p in opt_c.parameters:
+        ops.assign(p, Tensor(saved[p.name].asnumpy()))
+    opt_c.load_state(saved)
+    assert opt_c.num_steps == 2
+    apply(ms.mutable(grads[2]))
+    for pa, pc in zip(opt_a.parameters, opt_c.parameters):
+        np.testing.assert_array_equal(pa.asnumpy(), pc.asnumpy())
+    with pytest.raises(KeyError, match="lacks"):
+        opt_c.load_state({k: v for k, v in saved.items() if k != "adamw_step"})
 
 
 # ---------------------------------------------------------------- schedule
@@ -263,3 +287,27 @@ def test_schedule_table_and_limits():
     with pytest.raises(ValueError, match="unknown keys"):
         PolySchedule.from_config(6e-5, 100, {"warmup_iter": 10})
     assert PolySchedule.from_config(1.0, 10, {"warmup": "none"})(0) == 1.0
+
+
+def _pytorch_name(name):
+    """The NVlabs/PyTorch name of a MindSpore parameter (only norm parameters are renamed)."""
+    head, _, leaf = name.rpartition(".")
+    return f"{head}.{ {'gamma': 'weight', 'beta': 'bias'}.get(leaf, leaf) }"
+
+
+def test_groups_on_the_full_b0_match_the_official_pytorch_grouping():
+    from segformer.models import build_model
+
+    net = build_model("b0")
+    groups = {g.name: g for g in build_param_groups(net, base_lr=6e-5, weight_decay=0.01)}
+    assert {k: len(g.params) for k, g in groups.items()} == {"default": 116, "norm": 60, "head": 13}
+    official_keys = {"pos_block": {"decay_mult": 0.0}, "norm": {"decay_mult": 0.0}, "head": {"lr_mult": 10.0}}
+    for name, group in groups.items():
+        for param_name in group.param_names:  # the same rule on the PyTorch names lands in the same group
+            assert (match_custom_key(_pytorch_name(param_name), official_keys) or "default") == name, param_name
+    assert all(n.startswith("decode_head.") for n in groups["head"].param_names)
+    assert all(n.startswith("backbone.") and n.endswith(("gamma", "beta")) for n in groups["norm"].param_names)
+    assert "decode_head.linear_fuse.bn.gamma" in groups["head"].param_names
+    in_optimizer = {n for g in groups.values() for n in g.param_names}
+    assert {n for n, _ in net.parameters_and_names()} - in_optimizer == {
+        "decode_head.linear_fuse.bn.moving_mean", "decode_head.linear_fuse.bn.moving_variance"}

@@ -54,7 +54,8 @@ def convert(args) -> list[str]:
         hf_state, config = ms_to_hf(params, variant, source=source)
         write_hf(args.ms_model_path, hf_state, config)
         notes.append(f"wrote {args.ms_model_path}/model.safetensors and config.json ({len(hf_state)} tensors); "
-                     f"note: Hugging Face runs every LayerNorm with eps 1e-5 (official: 1e-6 in blocks and stage norms)")
+                     f"note: Hugging Face runs every LayerNorm with eps 1e-5 "
+                     f"(official: 1e-6 in blocks and stage norms)")
     else:
         save_mindspore(params, args.ms_model_path)
         notes.append(f"wrote {args.ms_model_path} ({len(params)} parameters)")

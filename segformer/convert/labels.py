@@ -28,6 +28,7 @@ from cityscapesscripts.helpers.labels import name2label
 from PIL import Image, ImageDraw
 
 from segformer.data.cityscapes import (
+    IMAGE_SUFFIX,
     POLYGONS_SUFFIX,
     SPLITS,
     find_images,
@@ -263,7 +264,12 @@ def split_pairs(data_root: str | os.PathLike, label_root: str | os.PathLike) -> 
             continue  # reported by convert_dataset already
         jsons_by_split.setdefault(json_path.parent.parent.name, {})[frame] = json_path
     for split, jsons in sorted(jsons_by_split.items()):
-        images = {frame_id(path): path for path in find_images(data_root, split)}
+        images = {}
+        for image_path in find_images(data_root, split):
+            try:
+                images[frame_id(image_path)] = image_path
+            except ValueError:
+                errors.append((image_path, f"file name is not CITY_SEQ_FRAME{IMAGE_SUFFIX}"))
         for frame, json_path in sorted(jsons.items()):
             if frame not in images:
                 errors.append((json_path, f"no image for this annotation (expected {image_path_for(data_root, split, frame)})"))

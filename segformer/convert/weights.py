@@ -73,6 +73,7 @@ DROPPED = (
     (r"^classifier\.(weight|bias)$", "the image-classification head of a Hugging Face backbone"),
     (r"^decode_head\.conv_seg\.", "an unused leftover of the mmseg decode head"),
     (r"\.num_batches_tracked$", "BatchNorm's step counter (MindSpore keeps none)"),
+    (r"^adamw_(m\.|v\.|step$|lr$)", "optimizer state of a training checkpoint (segformer.engine.optim)"),
 )
 
 LAYOUTS = {
@@ -285,8 +286,6 @@ def _to_ms_names(state: Mapping[str, np.ndarray], layout: str, notes: list[str])
 
     Unknown keys keep their name, so that the check reports them as unexpected.
     """
-    if layout == "mindspore":
-        return dict(state), []
     scheme = "hf" if layout == "hf" else "nvlabs"
     dropped: dict[str, list[str]] = {}
     kv_halves: dict[str, dict[str, np.ndarray]] = {}
@@ -295,6 +294,9 @@ def _to_ms_names(state: Mapping[str, np.ndarray], layout: str, notes: list[str])
         reason = _drop_reason(key)
         if reason is not None:
             dropped.setdefault(reason, []).append(key)
+            continue
+        if layout == "mindspore":
+            out[key] = value
             continue
         if layout == "nvlabs_imagenet":
             key = "backbone." + key
@@ -330,8 +332,8 @@ def ms_to_hf_names(params: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
             unknown.append(name)
         elif codec.kind == "kv":
             half = value.shape[0] // 2
-            out[codec.render("hf", fields, kv="key")] = np.ascontiguousarray(value[:half])
-            out[codec.render("hf", fields, kv="value")] = np.ascontiguousarray(value[half:])
+            out[codec.render("hf", fields, kv="key")] = np.asarray(value[:half], order="C")
+            out[codec.render("hf", fields, kv="value")] = np.asarray(value[half:], order="C")
         else:
             out[codec.render("hf", fields)] = value
     if unknown:
@@ -400,7 +402,8 @@ def expected_shapes(variant: str, num_classes: int = 19, with_head: bool = True)
         shapes["decode_head.linear_fuse.conv.weight"] = (e, 4 * e, 1, 1)
         for p in ("gamma", "beta", "moving_mean", "moving_variance"):
             shapes[f"decode_head.linear_fuse.bn.{p}"] = (e,)
-        shapes |= {"decode_head.linear_pred.weight": (num_classes, e, 1, 1), "decode_head.linear_pred.bias": (num_classes,)}
+        shapes["decode_head.linear_pred.weight"] = (num_classes, e, 1, 1)
+        shapes["decode_head.linear_pred.bias"] = (num_classes,)
     return shapes
 
 
@@ -487,13 +490,10 @@ def to_mindspore(state: Mapping[str, np.ndarray], layout: str, variant: str | No
     num_classes = 19 if num_classes is None else num_classes
     expected = expected_shapes(found, num_classes, with_head=head)
     check_shapes(params, expected, source, absent=absent_halves, layout=layout)
-    converted = {}
-    for name in expected:  # the model's order
-        value = params[name]
-        if value.dtype != np.float32:
-            notes.append(f"{name}: {value.dtype} converted to float32")
-            value = value.astype(np.float32)
-        converted[name] = np.ascontiguousarray(value)
+    converted = {name: np.asarray(params[name], dtype=np.float32, order="C") for name in expected}  # model order
+    cast = sorted({str(params[name].dtype) for name in expected} - {"float32"})
+    if cast:
+        notes.append(f"tensors stored as {', '.join(cast)} converted to float32")
     if head:
         notes.append(f"full model: backbone + decode head, {num_classes} classes")
     else:
@@ -577,5 +577,5 @@ def write_hf(folder: str | os.PathLike, state: Mapping[str, np.ndarray], config:
 
     folder = Path(folder)
     with atomic_path(folder / "model.safetensors") as tmp:
-        save_file({k: np.ascontiguousarray(v) for k, v in state.items()}, str(tmp), metadata={"format": "pt"})
+        save_file({k: np.asarray(v, order="C") for k, v in state.items()}, str(tmp), metadata={"format": "pt"})
     write_json(folder / "config.json", dict(config))

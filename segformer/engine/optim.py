@@ -21,14 +21,15 @@ Usage in a training loop::
 State for resuming (``optimizer.state_parameters()``): ``adamw_m.<param name>``,
 ``adamw_v.<param name>``, ``adamw_step`` and ``adamw_lr``; they are ordinary Parameters of the Cell,
 so ``mindspore.save_checkpoint(optimizer, path)`` stores them beside the network's weights and
-``mindspore.load_param_into_net(optimizer, mindspore.load_checkpoint(path))`` restores them.
+``optimizer.load_state(mindspore.load_checkpoint(path))`` restores them (``load_param_into_net``
+works too, but only before a train step is compiled: see ``set_lr``).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -275,8 +276,13 @@ class AdamW(nn.Cell):
         self.hyper_map = ops.HyperMap()
 
     def set_lr(self, lr: float) -> None:
-        """Set the base learning rate for the next steps (call from Python, outside the graph)."""
-        self.learning_rate.set_data(Tensor(float(lr), ms.float32))
+        """Set the base learning rate for the next steps (call from Python, outside the graph).
+
+        Written with ``ops.assign`` into the existing buffer: ``Parameter.set_data`` would swap the
+        buffer, and a train step already compiled with ``mindspore.jit`` keeps reading the old one
+        (measured with MindSpore 2.10: the lr silently stays at its first value).
+        """
+        ops.assign(self.learning_rate, Tensor(float(lr), ms.float32))
 
     def get_lr(self) -> float:
         return float(self.learning_rate.asnumpy())
@@ -289,6 +295,23 @@ class AdamW(nn.Cell):
     def state_parameters(self) -> List[Parameter]:
         """Everything a resumed run needs besides the network weights."""
         return [*self.moments1, *self.moments2, self.step, self.learning_rate]
+
+    def load_state(self, param_dict: Mapping[str, object]) -> None:
+        """Restore ``state_parameters()`` from a loaded checkpoint (``mindspore.load_checkpoint``).
+
+        Values are written in place (``ops.assign``), so this is safe also after a train step was
+        compiled; ``load_param_into_net`` swaps buffers and is only safe before the first compile.
+        """
+        missing = [p.name for p in self.state_parameters() if p.name not in param_dict]
+        if missing:
+            raise KeyError(f"AdamW.load_state: checkpoint lacks {len(missing)} optimizer entries, e.g. {missing[:3]}")
+        for p in self.state_parameters():
+            value = param_dict[p.name]
+            value = value if isinstance(value, Tensor) else Tensor(value)
+            if tuple(value.shape) != tuple(p.shape):
+                raise ValueError(f"AdamW.load_state: {p.name} has shape {tuple(value.shape)} in the checkpoint, "
+                                 f"{tuple(p.shape)} here")
+            ops.assign(p, ops.cast(value, p.dtype))
 
     @property
     def num_steps(self) -> int:

@@ -12,8 +12,8 @@ from typing import Sequence
 import numpy as np
 from mindspore import nn, ops
 
-from segformer.models.layers import (DropPath, OverlapPatchConv, SpatialReductionConv, conv_weight_init, dense,
-                                     layer_norm, map_to_tokens, tokens_to_map)
+from segformer.models.layers import (DepthwiseConv3x3, DropPath, OverlapPatchConv, SpatialReductionConv, dense,
+                                     layer_norm, tokens_to_map)
 from segformer.models.variants import MiTConfig
 
 PATCH_EMBED_NORM_EPS = 1e-5   # nn.LayerNorm default in the official OverlapPatchEmbed
@@ -77,22 +77,21 @@ class Attention(nn.Cell):
 class DWConv(nn.Cell):
     """3x3 depthwise conv (with bias) applied to tokens laid out as their H x W map."""
 
-    def __init__(self, dim: int):
+    def __init__(self, dim: int, formulation: str):
         super().__init__()
-        self.dwconv = nn.Conv2d(dim, dim, 3, stride=1, pad_mode="pad", padding=1, group=dim, has_bias=True,
-                                weight_init=conv_weight_init(dim, 3, groups=dim), bias_init="zeros")
+        self.dwconv = DepthwiseConv3x3(dim, formulation)
 
     def construct(self, tokens, height, width):
-        return map_to_tokens(self.dwconv(tokens_to_map(tokens, height, width)))
+        return self.dwconv(tokens, height, width)
 
 
 class Mlp(nn.Cell):
     """Mix-FFN: fc1 -> depthwise 3x3 conv on the token map -> exact (erf) GELU -> fc2."""
 
-    def __init__(self, dim: int, hidden_dim: int):
+    def __init__(self, dim: int, hidden_dim: int, formulation: str):
         super().__init__()
         self.fc1 = dense(dim, hidden_dim)
-        self.dwconv = DWConv(hidden_dim)
+        self.dwconv = DWConv(hidden_dim, formulation)
         self.act = nn.GELU(approximate=False)
         self.fc2 = dense(hidden_dim, dim)
 
@@ -111,7 +110,7 @@ class Block(nn.Cell):
         self.attn = Attention(dim, num_heads, sr_ratio, formulation)
         self.drop_path = DropPath(drop_path)
         self.norm2 = layer_norm(dim, BLOCK_NORM_EPS)
-        self.mlp = Mlp(dim, dim * mlp_ratio)
+        self.mlp = Mlp(dim, dim * mlp_ratio, formulation)
 
     def construct(self, tokens, height, width):
         tokens = tokens + self.drop_path(self.attn(self.norm1(tokens), height, width))
