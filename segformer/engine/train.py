@@ -1,0 +1,399 @@
+"""The training loop: the official SegFormer recipe in MindSpore, standalone or data-parallel.
+
+Read it top to bottom: `train()` sets up the model, optimizer, schedule and data, resumes from the
+state folder if it can, then runs `iterations` optimizer steps, logging, checkpointing and
+evaluating as configured, and finally writes the weights-only model.
+
+Settings (one nested mapping, the `train` section of the workflow config after per-variant
+overrides; official values in schemas/config.schema.yaml):
+    iterations, batch_size (per device), grad_accum, seed, num_classes, crop_size [h, w],
+    base_scale [W, H], ratio_range, cat_max_ratio, flip_prob, photometric, num_workers,
+    log_interval, checkpoint_interval, keep_checkpoints, eval_interval,
+    model: {drop_path_rate, head_dropout}, optimizer: {...}, schedule: {...}, loss: {...}
+Global batch = devices x batch_size x grad_accum (official: 8 x 1 x 1).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import mindspore as ms
+import numpy as np
+from mindspore import nn, ops
+
+from segformer.data.dataset import build_train_dataset
+from segformer.engine.loss import SegCrossEntropyLoss
+from segformer.engine.optim import AdamW, build_param_groups, describe_param_groups
+from segformer.engine.schedule import PolySchedule
+from segformer.engine.state import StateDir
+from segformer.io import atomic_path, write_text
+from segformer.models import build_model
+
+log = logging.getLogger(__name__)
+
+LOG_COLUMNS = ["iteration", "lr", "loss", "step_time_s", "images_per_s", "loss_scale", "overflow", "val_mIoU"]
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite: training stops, and no model is written."""
+
+
+@dataclass
+class Distributed:
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed() -> Distributed:
+    """Join the msrun job if launched by msrun (RANK_SIZE > 1), else a single process.
+
+    Data parallel with gradients averaged over devices; on CPU the mccl backend is picked by init().
+    """
+    world_size = int(os.environ.get("RANK_SIZE", os.environ.get("MS_WORKER_NUM", "1")))
+    if world_size <= 1:
+        return Distributed()
+    from mindspore.communication import get_group_size, get_rank, init
+
+    init()
+    ms.set_auto_parallel_context(parallel_mode=ms.ParallelMode.DATA_PARALLEL, gradients_mean=True)
+    return Distributed(rank=get_rank(), world_size=get_group_size())
+
+
+class NetWithLoss(nn.Cell):
+    def __init__(self, net: nn.Cell, loss_fn: nn.Cell):
+        super().__init__(auto_prefix=False)
+        self.net = net
+        self.loss_fn = loss_fn
+
+    def construct(self, image, label):
+        return self.loss_fn(self.net(image), label)
+
+
+class TrainStep(nn.Cell):
+    """One optimizer step: loss, gradients (averaged over devices), AdamW update. Returns the loss."""
+
+    def __init__(self, net_with_loss: NetWithLoss, optimizer: AdamW, world_size: int):
+        super().__init__(auto_prefix=False)
+        self.net_with_loss = net_with_loss
+        self.optimizer = optimizer
+        self.weights = optimizer.parameters
+        self.grad = ops.GradOperation(get_by_list=True)
+        self.reduce = (nn.DistributedGradReducer(self.weights, mean=True, degree=world_size)
+                       if world_size > 1 else ops.identity)
+
+    def construct(self, image, label):
+        loss = self.net_with_loss(image, label)
+        grads = self.grad(self.net_with_loss, self.weights)(image, label)
+        self.optimizer(self.reduce(grads))
+        return loss
+
+
+class AccumulateStep(nn.Cell):
+    """Gradient accumulation: `accumulate` adds one micro-batch's gradients, `apply` steps on their mean.
+
+    Used when grad_accum > 1, so that fewer devices can still reach the official global batch.
+    """
+
+    def __init__(self, net_with_loss: NetWithLoss, optimizer: AdamW, world_size: int, grad_accum: int):
+        super().__init__(auto_prefix=False)
+        self.net_with_loss = net_with_loss
+        self.optimizer = optimizer
+        self.weights = optimizer.parameters
+        self.sums = self.weights.clone(prefix="grad_sum", init="zeros")
+        self.scale = 1.0 / grad_accum
+        self.grad = ops.GradOperation(get_by_list=True)
+        self.hyper_map = ops.HyperMap()
+        self.reduce = (nn.DistributedGradReducer(self.weights, mean=True, degree=world_size)
+                       if world_size > 1 else ops.identity)
+
+    def accumulate(self, image, label):
+        loss = self.net_with_loss(image, label)
+        grads = self.grad(self.net_with_loss, self.weights)(image, label)
+        self.hyper_map(ops.assign_add, self.sums, grads)
+        return loss
+
+    def apply(self):
+        grads = self.hyper_map(ops.partial(ops.mul, self.scale), self.sums)
+        self.optimizer(self.reduce(grads))
+        self.hyper_map(ops.assign, self.sums, self.hyper_map(ops.zeros_like, self.sums))
+        return True
+
+
+def load_pretrained(net: nn.Cell, path: str | os.PathLike) -> str:
+    """Load a converted checkpoint: every backbone parameter must be there (else fail, naming them).
+
+    A checkpoint with a decode head of the right shape loads it too; an ImageNet backbone leaves the
+    head at its initialisation. Returns a one-line description for the logs.
+    """
+    params = ms.load_checkpoint(str(path))
+    net_params = dict(net.parameters_and_names())
+    backbone = [name for name in net_params if name.startswith("backbone.")]
+    missing = [name for name in backbone if name not in params]
+    wrong = [f"{name} {tuple(params[name].shape)} vs {tuple(net_params[name].shape)}"
+             for name in net_params if name in params and tuple(params[name].shape) != tuple(net_params[name].shape)]
+    unexpected = [name for name in params if name not in net_params and not name.startswith("adamw_")]
+    if missing or wrong or unexpected:
+        raise ValueError(
+            f"{path}: cannot start from this checkpoint: "
+            + "; ".join(f"{what}: {', '.join(names[:8])}{' ...' if len(names) > 8 else ''}"
+                        for what, names in (("missing backbone parameters", missing),
+                                            ("shape mismatches", wrong), ("unexpected keys", unexpected))
+                        if names))
+    loadable = {name: value for name, value in params.items() if name in net_params}
+    ms.load_param_into_net(net, loadable, strict_load=True)
+    has_head = any(name.startswith("decode_head.") for name in loadable)
+    return f"{path} ({len(loadable)} tensors; {'backbone and head' if has_head else 'backbone only, head initialised'})"
+
+
+def build_optimizer(net: nn.Cell, settings: dict) -> tuple[AdamW, list]:
+    opt = settings["optimizer"]
+    groups = build_param_groups(net, opt["lr"], opt["weight_decay"], head_lr_mult=opt["head_lr_mult"],
+                                norm_decay_mult=opt["norm_decay_mult"])
+    return AdamW(groups, opt["lr"], betas=tuple(opt["betas"]), eps=opt["eps"]), groups
+
+
+class TrainLog:
+    """train_log.csv kept in the state folder while training (so a resume continues it), copied out
+    atomically at the end. Header lines starting with '#' say what the run started from."""
+
+    def __init__(self, path: Path, header_lines: list[str]):
+        self.path = path
+        self.header_lines = header_lines
+
+    def open(self, start_iteration: int) -> None:
+        """Start the file, or on resume drop the rows the resumed run will write again."""
+        rows = self.rows() if (start_iteration > 0 and self.path.exists()) else []
+        rows = [row for row in rows if int(row["iteration"]) < start_iteration]
+        self._write(rows)
+
+    def rows(self) -> list[dict]:
+        lines = [line for line in self.path.read_text().splitlines() if not line.startswith("#")]
+        return list(csv.DictReader(lines))
+
+    def append(self, row: dict) -> None:
+        with self.path.open("a", newline="") as handle:
+            csv.DictWriter(handle, LOG_COLUMNS).writerow(row)
+
+    def _write(self, rows: list[dict]) -> None:
+        buffer = io.StringIO()
+        buffer.write("".join(f"# {line}\n" for line in self.header_lines))
+        writer = csv.DictWriter(buffer, LOG_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+        write_text(self.path, buffer.getvalue())
+
+
+def plot_curve(log_csv: Path, out_png: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    frame = pd.read_csv(log_csv, comment="#")
+    fig, (ax_loss, ax_lr) = plt.subplots(2, 1, figsize=(7, 5), sharex=True)
+    ax_loss.plot(frame["iteration"], frame["loss"], lw=1)
+    ax_loss.set_ylabel("loss")
+    ax_loss.set_title(title)
+    evaluated = frame.dropna(subset=["val_mIoU"])
+    if len(evaluated):
+        ax_miou = ax_loss.twinx()
+        ax_miou.plot(evaluated["iteration"], evaluated["val_mIoU"], "o-", color="tab:green")
+        ax_miou.set_ylabel("val mIoU", color="tab:green")
+    ax_lr.plot(frame["iteration"], frame["lr"], color="tab:orange", lw=1)
+    ax_lr.set_ylabel("base lr")
+    ax_lr.set_xlabel("iteration")
+    fig.tight_layout()
+    with atomic_path(out_png) as tmp:
+        fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+
+
+def format_eta(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    return f"{seconds // 3600:d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+def train(settings: dict, *, variant: str, train_list: str, val_list: str | None, pretrained: str | None,
+          out_ckpt: str, out_log: str, out_curve: str | None, state_dir: str, device: str = "CPU",
+          precision: str = "fp32") -> dict:
+    """Train SegFormer-`variant`; write out_ckpt (weights only), out_log (CSV) and out_curve (PNG).
+
+    Returns a summary dict (iterations, wall time, last loss, best val mIoU if evaluated).
+    """
+    if precision != "fp32":
+        raise NotImplementedError(f"precision={precision!r}: only fp32 (the official recipe) is implemented so far")
+    ms.set_device(device)
+    ms.set_context(mode=ms.GRAPH_MODE)
+    dist = init_distributed()
+    seed = int(settings["seed"])
+    ms.set_seed(seed)
+    np.random.seed(seed)
+
+    iterations = int(settings["iterations"])
+    batch_size = int(settings["batch_size"])
+    grad_accum = int(settings["grad_accum"])
+    global_batch = dist.world_size * batch_size * grad_accum
+
+    net = build_model(variant, settings["num_classes"], drop_path_rate=settings["model"]["drop_path_rate"],
+                      head_dropout=settings["model"]["head_dropout"], sync_bn=dist.world_size > 1)
+    if pretrained:
+        start_note = f"pretrained: {load_pretrained(net, pretrained)}"
+    else:
+        start_note = "pretrained: none - TRAINING FROM SCRATCH (no pretrained backbone configured)"
+        log.warning("no pretrained weights: training SegFormer-%s from scratch", variant)
+    log.info(start_note)
+    net.set_train(True)
+
+    optimizer, groups = build_optimizer(net, settings)
+    schedule = PolySchedule.from_config(settings["optimizer"]["lr"], iterations, settings["schedule"])
+    loss_fn = SegCrossEntropyLoss(**settings["loss"])
+    net_with_loss = NetWithLoss(net, loss_fn)
+
+    state = StateDir(state_dir, {"variant": variant, "settings": settings, "pretrained": pretrained,
+                                 "world_size": dist.world_size, "device": device, "precision": precision},
+                     keep=int(settings["keep_checkpoints"]))
+    resume_file = state.open() if dist.is_main else _wait_for_state(state)
+    start_iteration = 0
+    if resume_file is not None:
+        saved = ms.load_checkpoint(str(resume_file))
+        start_iteration = int(saved["iteration"].asnumpy())
+        ms.load_param_into_net(net, {k: v for k, v in saved.items() if not k.startswith("adamw_")})
+        optimizer.load_state(saved)
+    header = [f"SegFormer-{variant}, {precision}, device {device} x {dist.world_size}",
+              start_note,
+              f"global batch {global_batch} = {dist.world_size} devices x {batch_size} per device x {grad_accum} "
+              f"accumulation (BatchNorm statistics see {batch_size} image(s) per device"
+              f"{', synchronised across devices' if dist.world_size > 1 else ''})"]
+    train_log = TrainLog(state.path / "train_log.csv", header)
+    if dist.is_main:
+        train_log.open(start_iteration)
+    for line in header + describe_param_groups(groups).splitlines():
+        log.info(line)
+    if start_iteration:
+        log.info("resumed at iteration %d of %d", start_iteration, iterations)
+
+    data = build_train_dataset(
+        train_list, batch_size=batch_size, num_iterations=iterations * grad_accum,
+        start_iteration=start_iteration * grad_accum, seed=seed, num_shards=dist.world_size,
+        shard_id=dist.rank, num_workers=int(settings["num_workers"]),
+        crop_size=tuple(settings["crop_size"]), base_scale=tuple(settings["base_scale"]),
+        ratio_range=tuple(settings["ratio_range"]), cat_max_ratio=settings["cat_max_ratio"],
+        flip_prob=settings["flip_prob"], photometric=settings["photometric"],
+        ignore_index=settings["loss"]["ignore_index"])
+    batches = data.create_tuple_iterator(num_epochs=1)
+
+    if grad_accum == 1:
+        step = TrainStep(net_with_loss, optimizer, dist.world_size)
+    else:
+        step = AccumulateStep(net_with_loss, optimizer, dist.world_size, grad_accum)
+
+    best = {"mIoU": -1.0, "iteration": None}
+    log_interval = max(1, int(settings["log_interval"]))
+    started = time.perf_counter()
+    window_start, window_steps = started, 0
+    loss_value = float("nan")
+    for iteration in range(start_iteration, iterations):
+        optimizer.set_lr(schedule(iteration))
+        step_start = time.perf_counter()
+        if grad_accum == 1:
+            image, label = next(batches)
+            loss_value = float(step(image, label).asnumpy())
+        else:
+            losses = [float(step.accumulate(*next(batches)).asnumpy()) for _ in range(grad_accum)]
+            step.apply()
+            loss_value = float(np.mean(losses))
+        step_time = time.perf_counter() - step_start
+        if not math.isfinite(loss_value):
+            raise TrainingDiverged(f"loss is {loss_value} at iteration {iteration}: training stopped, no model written "
+                                   f"(lower the learning rate, or check the data)")
+        done = iteration + 1
+        window_steps += 1
+        val_miou = None
+        if settings["eval_interval"] and done % int(settings["eval_interval"]) == 0 and val_list:
+            val_miou = _evaluate_and_keep_best(net, val_list, settings, done, best, out_ckpt, dist)
+        if done % log_interval == 0 or done == iterations or val_miou is not None:
+            now = time.perf_counter()
+            mean_step = (now - window_start) / window_steps
+            window_start, window_steps = now, 0
+            eta = mean_step * (iterations - done)
+            log.info("iter %d/%d  loss %.4f  lr %.3e  %.2f s/it  %.1f img/s  eta %s", done, iterations, loss_value,
+                     optimizer.get_lr(), mean_step, global_batch / mean_step, format_eta(eta))
+        if dist.is_main:
+            train_log.append({"iteration": done, "lr": schedule(iteration), "loss": loss_value,
+                              "step_time_s": round(step_time, 4), "images_per_s": round(global_batch / step_time, 3),
+                              "loss_scale": 1.0, "overflow": 0,
+                              "val_mIoU": "" if val_miou is None else val_miou})
+        if dist.is_main and settings["checkpoint_interval"] and done % int(settings["checkpoint_interval"]) == 0 \
+                and done < iterations:
+            state.save(done, _state_entries(net, optimizer), append_dict={"iteration": done})
+
+    wall = time.perf_counter() - started
+    summary = {"variant": variant, "iterations": iterations, "start_iteration": start_iteration,
+               "wall_time_s": round(wall, 1), "last_loss": loss_value, "best_val_mIoU": best["mIoU"],
+               "best_iteration": best["iteration"]}
+    if dist.is_main:
+        with atomic_path(out_log) as tmp:
+            tmp.write_text(train_log.path.read_text())
+        if out_curve:
+            plot_curve(Path(out_log), Path(out_curve), f"SegFormer-{variant}")
+        with atomic_path(out_ckpt) as tmp:
+            ms.save_checkpoint(net, str(tmp))
+        state.remove()
+    log.info("finished %d iterations in %.1f s; model written to %s", iterations - start_iteration, wall, out_ckpt)
+    return summary
+
+
+def _state_entries(net: nn.Cell, optimizer: AdamW) -> list[dict]:
+    """Everything a resumed run needs: network weights (BN statistics included) and optimizer state."""
+    entries = [{"name": name, "data": param} for name, param in net.parameters_and_names()]
+    entries += [{"name": param.name, "data": param} for param in optimizer.state_parameters()]
+    return entries
+
+
+def _wait_for_state(state: StateDir, timeout_s: float = 600.0):
+    """Non-main ranks: wait until rank 0 has prepared the state folder, then resume from the same file."""
+    deadline = time.time() + timeout_s
+    while not state.stamp_file.exists():
+        if time.time() > deadline:
+            raise TimeoutError(f"{state.path}: rank 0 did not prepare the state folder within {timeout_s:.0f} s")
+        time.sleep(0.5)
+    import json
+
+    if json.loads(state.stamp_file.read_text()).get("hash") != state.hash:
+        raise RuntimeError(f"{state.path}: settings hash differs between ranks")
+    checkpoints = state.checkpoints()
+    return checkpoints[-1][1] if checkpoints else None
+
+
+def _evaluate_and_keep_best(net, val_list, settings, iteration, best, out_ckpt, dist) -> float:
+    from segformer.engine.evaluate import evaluate_whole
+
+    matrix = evaluate_whole(net, val_list, num_classes=settings["num_classes"])
+    miou = float(matrix.metrics()["mIoU"])
+    log.info("iteration %d: val mIoU %.4f", iteration, miou)
+    if miou > best["mIoU"]:
+        best.update(mIoU=miou, iteration=iteration)
+        if dist.is_main:
+            best_path = Path(out_ckpt).with_name("best_model.ckpt")
+            with atomic_path(best_path) as tmp:
+                ms.save_checkpoint(net, str(tmp))
+            log.info("best so far: %s", best_path)
+    return miou
+
+
+def configure_logging(verbose: bool = True) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
