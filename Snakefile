@@ -13,6 +13,7 @@ configfile: "config.yaml"
 include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/weights.smk"
+include: "rules/train.smk"
 
 
 rule all:

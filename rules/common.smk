@@ -1,36 +1,31 @@
 # Config validation and the helpers every stage uses. No rules here.
 
+import json
 import os
+import sys
 from pathlib import Path
 
 import yaml
 from snakemake.utils import validate
 
+sys.path.insert(0, workflow.basedir)  # the segformer library, also when not pip-installed
 
-def unknown_config_keys(settings, schema, where="config"):
-    """Every key the schema does not know, as 'config.demo.sead'-style paths.
-
-    JSON Schema would reject them too, but one at a time and without the path; a user mistyping
-    a key on the command line deserves the full list at once.
-    """
-    if not isinstance(settings, dict) or schema.get("additionalProperties", True) is not False:
-        return []
-    known = schema.get("properties", {})
-    unknown = [f"{where}.{key}" for key in settings if key not in known]
-    for key, value in settings.items():
-        if key in known:
-            unknown += unknown_config_keys(value, known[key], f"{where}.{key}")
-    return unknown
+from segformer.settings import fill_defaults_and_validate, unknown_keys, variant_section
 
 
 def validate_config(settings):
+    """Every unknown key named at once (JSON Schema would stop at the first, without its path), then
+    the schema itself (types, ranges, defaults), then each variant's merged training settings."""
     schema_path = Path(workflow.basedir) / "schemas" / "config.schema.yaml"
-    unknown = unknown_config_keys(settings, yaml.safe_load(schema_path.read_text()))
+    unknown = unknown_keys(settings, yaml.safe_load(schema_path.read_text()))
     if unknown:
         raise ValueError(
             f"unknown config key(s): {', '.join(unknown)} (see {schema_path} for the valid keys)"
         )
     validate(settings, schema="../schemas/config.schema.yaml")
+    for variant in settings["overrides"]:
+        merged = variant_section(settings, "train", variant)
+        fill_defaults_and_validate({**settings, "train": merged}, f"overrides.{variant}")
 
 
 validate_config(config)
@@ -45,6 +40,8 @@ def script(name):
     wherever the repository is cloned; it still works with --directory elsewhere.
     """
     return os.path.relpath(Path(workflow.basedir) / "workflow_scripts" / name)
+
+
 DEMO_ROOT = f"{RESULTS}/demo/cityscapes"
 
 
@@ -90,11 +87,23 @@ def pretrained_input(wildcards):
     return source
 
 
+def pretrained_checkpoint(wildcards):
+    """The training rule's optional input: the converted checkpoint, when one is configured."""
+    if pretrained_source(wildcards.variant) is None:
+        return {}
+    return {"pretrained": f"{RESULTS}/pretrained/mit_{wildcards.variant}.ckpt"}
+
+
+def train_settings(variant):
+    """The variant's training settings (shared `train` with overrides.<variant>.train merged in)."""
+    return variant_section(config, "train", variant)
+
+
 def final_outputs():
-    outputs = [f"{RESULTS}/data/manifest.json"]
-    outputs += [
-        f"{RESULTS}/pretrained/mit_{v}.ckpt"
-        for v in config["variants"]
-        if pretrained_source(v)
-    ]
-    return outputs
+    return [f"{RESULTS}/{v}/model.ckpt" for v in config["variants"]]
+
+
+# Light bookkeeping runs where Snakemake runs, not as cluster jobs.
+localrules:
+    all,
+    demo_dataset,

@@ -254,7 +254,6 @@ def train(settings: dict, *, variant: str, train_list: str, val_list: str | None
     else:
         start_note = "pretrained: none - TRAINING FROM SCRATCH (no pretrained backbone configured)"
         log.warning("no pretrained weights: training SegFormer-%s from scratch", variant)
-    log.info(start_note)
     net.set_train(True)
 
     optimizer, groups = build_optimizer(net, settings)

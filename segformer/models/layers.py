@@ -77,8 +77,9 @@ class _ConvShapedParameters(nn.Cell):
 class OverlapPatchConv(_ConvShapedParameters):
     """Conv2d(in, out, k, stride, padding k//2) on an NCHW map, returned as tokens [B, H'*W', out].
 
-    "conv": the conv kernel. "matmul": im2col (ops.unfold) then one matrix product with the flattened
-    weight, which is the same sum in the same (in, ky, kx) order.
+    "conv": the conv kernel. "matmul": im2col (ops.unfold, [B, in*k*k, H'*W']) times the flattened weight,
+    the same sum in the same (in, ky, kx) order; the product reads the columns transposed, so the tokens
+    come out without a transpose of the (k*k times larger) column tensor.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int, formulation: str):
@@ -88,6 +89,7 @@ class OverlapPatchConv(_ConvShapedParameters):
         self.use_matmul = resolve_formulation(formulation) == "matmul"
         self.conv2d = ops.Conv2D(out_channels, kernel_size, mode=1, pad_mode="pad", pad=self.padding,
                                  stride=stride)
+        self.columns_times_weight = ops.BatchMatMul(transpose_a=True, transpose_b=True)
 
     def construct(self, image):
         batch, _, height, width = image.shape
@@ -95,8 +97,9 @@ class OverlapPatchConv(_ConvShapedParameters):
         out_width = conv_output_size(width, self.kernel_size, self.stride, self.padding)
         if self.use_matmul:
             columns = ops.unfold(image, self.kernel_size, padding=self.padding, stride=self.stride)
-            flat_weight = self.weight.reshape(self.out_channels, -1)
-            tokens = ops.matmul(columns.transpose(0, 2, 1), flat_weight.T) + self.bias
+            flat_weight = self.weight.reshape(1, self.out_channels, -1)
+            flat_weight = ops.broadcast_to(flat_weight, (batch,) + flat_weight.shape[1:])
+            tokens = self.columns_times_weight(columns, flat_weight) + self.bias
         else:
             feature_map = ops.bias_add(self.conv2d(image, self.weight), self.bias)
             tokens = feature_map.reshape(batch, self.out_channels, -1).transpose(0, 2, 1)
@@ -137,12 +140,12 @@ class SpatialReductionConv(_ConvShapedParameters):
 
 
 class DepthwiseConv3x3(_ConvShapedParameters):
-    """3x3 depthwise conv (padding 1, groups = channels, with bias) on tokens of an H x W map.
+    """3x3 depthwise conv (padding 1, groups = channels, with bias): NCHW map -> NCHW map.
 
-    "conv": tokens -> NCHW -> grouped conv kernel. "matmul": im2col (ops.unfold, [B, C*9, HW]) viewed as
-    [B, C, 9, HW], then each channel's 9 taps times its 9 weights as one broadcast batched matmul
-    (about 7x faster than MindSpore's grouped conv kernel on CPU at SegFormer's stage-1 shapes).
-    The weight keeps the grouped-conv layout [C, 1, 3, 3].
+    "conv": the grouped conv kernel. "matmul": im2col (ops.unfold, [B, C*9, HW]) viewed as [B, C, 9, HW],
+    then each channel's 9 taps times its 9 weights as one broadcast batched matmul (about 7x faster than
+    MindSpore's grouped conv kernel on CPU at SegFormer's stage-1 shapes). The weight keeps the
+    grouped-conv layout [C, 1, 3, 3].
     """
 
     def __init__(self, channels: int, formulation: str):
@@ -151,15 +154,45 @@ class DepthwiseConv3x3(_ConvShapedParameters):
         self.use_matmul = resolve_formulation(formulation) == "matmul"
         self.conv2d = ops.Conv2D(channels, 3, mode=1, pad_mode="pad", pad=1, stride=1, group=channels)
 
-    def construct(self, tokens, height, width):
-        batch = tokens.shape[0]
-        feature_map = tokens_to_map(tokens, height, width)
-        if self.use_matmul:
-            taps = ops.unfold(feature_map, 3, padding=1).reshape(batch, self.channels, 9, height * width)
-            filtered = ops.matmul(self.weight.reshape(1, self.channels, 1, 9), taps)
-            filtered = filtered.reshape(batch, self.channels, height * width) + self.bias.reshape(1, -1, 1)
-            return filtered.transpose(0, 2, 1)
-        return map_to_tokens(ops.bias_add(self.conv2d(feature_map, self.weight), self.bias))
+    def construct(self, feature_map):
+        if not self.use_matmul:
+            return ops.bias_add(self.conv2d(feature_map, self.weight), self.bias)
+        batch, _, height, width = feature_map.shape
+        taps = ops.unfold(feature_map, 3, padding=1).reshape(batch, self.channels, 9, height * width)
+        filtered = ops.matmul(self.weight.reshape(1, self.channels, 1, 9), taps)
+        filtered = filtered.reshape(batch, self.channels, height * width) + self.bias.reshape(1, -1, 1)
+        return filtered.reshape(batch, self.channels, height, width)
+
+
+def batched_weight(weight, batch: int):
+    """A weight repeated over the batch axis (BatchMatMul does not broadcast on CPU)."""
+    return ops.broadcast_to(weight.reshape((1,) + weight.shape), (batch,) + weight.shape)
+
+
+class ChannelsFirstLinear(nn.Cell):
+    """Matrix products of a Linear layer's weight [out, in] with channels-first [B, in, N] activations.
+
+    On CPU an explicit transpose between the token layout [B, N, C] and the map layout [B, C, N] costs
+    more than the matrix product itself; BatchMatMul reads either operand transposed for free.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.weight_times_tokens = ops.BatchMatMul(transpose_b=True)
+        self.map_times_weight = ops.BatchMatMul(transpose_a=True, transpose_b=True)
+        self.weight_times_map = ops.BatchMatMul()
+
+    def tokens_to_map(self, tokens, weight, bias):
+        """Linear on tokens [B, N, in], result channels-first [B, out, N]."""
+        return self.weight_times_tokens(batched_weight(weight, tokens.shape[0]), tokens) + bias.reshape(1, -1, 1)
+
+    def map_to_tokens(self, feature_map, weight, bias):
+        """Linear on channels-first [B, in, N], result as tokens [B, N, out]."""
+        return self.map_times_weight(feature_map, batched_weight(weight, feature_map.shape[0])) + bias
+
+    def map_to_map(self, feature_map, weight):
+        """Linear (no bias) on channels-first [B, in, N], result channels-first [B, out, N]."""
+        return self.weight_times_map(batched_weight(weight, feature_map.shape[0]), feature_map)
 
 
 class DropPath(nn.Cell):

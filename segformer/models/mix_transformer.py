@@ -12,8 +12,9 @@ from typing import Sequence
 import numpy as np
 from mindspore import nn, ops
 
-from segformer.models.layers import (DepthwiseConv3x3, DropPath, OverlapPatchConv, SpatialReductionConv, dense,
-                                     layer_norm, tokens_to_map)
+from segformer.models.layers import (ChannelsFirstLinear, DepthwiseConv3x3, DropPath, OverlapPatchConv,
+                                     SpatialReductionConv, dense, layer_norm, map_to_tokens, resolve_formulation,
+                                     tokens_to_map)
 from segformer.models.variants import MiTConfig
 
 PATCH_EMBED_NORM_EPS = 1e-5   # nn.LayerNorm default in the official OverlapPatchEmbed
@@ -82,7 +83,7 @@ class DWConv(nn.Cell):
         self.dwconv = DepthwiseConv3x3(dim, formulation)
 
     def construct(self, tokens, height, width):
-        return self.dwconv(tokens, height, width)
+        return map_to_tokens(self.dwconv(tokens_to_map(tokens, height, width)))
 
 
 class Mlp(nn.Cell):
@@ -94,10 +95,25 @@ class Mlp(nn.Cell):
         self.dwconv = DWConv(hidden_dim, formulation)
         self.act = nn.GELU(approximate=False)
         self.fc2 = dense(hidden_dim, dim)
+        self.channels_first = resolve_formulation(formulation) == "matmul"
+        if self.channels_first:
+            self.linear = ChannelsFirstLinear()
 
     def construct(self, tokens, height, width):
+        if self.channels_first:
+            return self._channels_first(tokens, height, width)
         hidden = self.act(self.dwconv(self.fc1(tokens), height, width))
         return self.fc2(hidden)
+
+    def _channels_first(self, tokens, height, width):
+        """The same layers with the 4C-wide hidden activations kept as a [B, 4C, H*W] map, the depthwise
+        conv's layout: fc1 writes and fc2 reads it transposed inside their matrix products, which on CPU is
+        much cheaper than transposing the hidden map to and from tokens."""
+        batch = tokens.shape[0]
+        hidden = self.linear.tokens_to_map(tokens, self.fc1.weight, self.fc1.bias)
+        hidden = self.dwconv.dwconv(hidden.reshape(batch, -1, height, width))
+        hidden = self.act(hidden).reshape(batch, hidden.shape[1], height * width)
+        return self.linear.map_to_tokens(hidden, self.fc2.weight, self.fc2.bias)
 
 
 class Block(nn.Cell):

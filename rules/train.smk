@@ -1,0 +1,37 @@
+# Training: one job per variant; several devices or nodes make it one data-parallel msrun job.
+
+
+rule train:
+    input:
+        unpack(pretrained_checkpoint),
+        train_list=f"{RESULTS}/data/train.txt",
+        val_list=f"{RESULTS}/data/val.txt",
+    output:
+        ckpt=f"{RESULTS}/{{variant}}/model.ckpt",
+        train_log=f"{RESULTS}/{{variant}}/train_log.csv",
+        curve=f"{RESULTS}/{{variant}}/train_curve.png",
+    log:
+        f"{RESULTS}/logs/train_{{variant}}.log",
+    params:
+        launcher=script("launch_train.py"),
+        settings=lambda wildcards: json.dumps(train_settings(wildcards.variant), sort_keys=True),
+        pretrained=lambda wildcards, input: f"--pretrained {input.pretrained}" if "pretrained" in input.keys() else "",
+        devices=config["devices"],
+        nodes=config["nodes"],
+        device=config["device"],
+        precision=config["precision"],
+        state_dir=lambda wildcards, output: Path(output.ckpt).with_name("train_state"),
+        msrun_dir=lambda wildcards, output: Path(output.ckpt).with_name("msrun"),
+    wildcard_constraints:
+        variant="b[0-5]",
+    threads: max(1, config["devices"]) * 2
+    conda:
+        "../envs/segformer.yaml"
+    shell:
+        "python {params.launcher} --devices {params.devices} --nodes {params.nodes}"
+        " --log_dir {params.msrun_dir} --"
+        " --variant {wildcards.variant} --settings {params.settings:q}"
+        " --train_list {input.train_list} --val_list {input.val_list} {params.pretrained}"
+        " --ckpt {output.ckpt} --log_csv {output.train_log} --curve {output.curve}"
+        " --state_dir {params.state_dir} --device {params.device} --precision {params.precision}"
+        " > {log} 2>&1"

@@ -1,0 +1,93 @@
+"""The workflow's settings outside Snakemake: load config files, fill the schema's defaults, validate,
+and resolve one variant's settings (the `overrides` of a variant merged over the shared ones).
+
+Snakemake validates the same schema (rules/common.smk); the stage scripts use this module when run
+by hand with --config_path, so that both paths see the same defaults and the same errors.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import yaml
+
+SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schemas" / "config.schema.yaml"
+
+
+def load_schema() -> dict:
+    return yaml.safe_load(SCHEMA_PATH.read_text())
+
+
+def unknown_keys(settings, schema: dict, where: str = "config") -> list[str]:
+    """Every key the schema does not know, as 'config.demo.sead'-style paths, all at once."""
+    if not isinstance(settings, dict):
+        return []
+    known = schema.get("properties", {})
+    unknown = []
+    if schema.get("additionalProperties", True) is False:
+        unknown = [f"{where}.{key}" for key in settings if key not in known]
+    for key, value in settings.items():
+        if key in known:
+            unknown += unknown_keys(value, known[key], f"{where}.{key}")
+        elif isinstance(schema.get("additionalProperties"), dict):
+            unknown += unknown_keys(value, schema["additionalProperties"], f"{where}.{key}")
+    return unknown
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    """A copy of `base` with `override` merged in, nested mappings merged key by key."""
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def fill_defaults_and_validate(config: dict, source: str = "config") -> dict:
+    """The config with the schema's defaults filled in; a ValueError naming every problem otherwise."""
+    import jsonschema
+
+    schema = load_schema()
+    unknown = unknown_keys(config, schema)
+    if unknown:
+        raise ValueError(f"{source}: unknown config key(s): {', '.join(unknown)} (valid keys: {SCHEMA_PATH})")
+    validator_class = jsonschema.validators.validator_for(schema)
+    validate_properties = validator_class.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, subschema):
+        for name, prop in properties.items():
+            if "default" in prop and isinstance(instance, dict):
+                instance.setdefault(name, copy.deepcopy(prop["default"]))
+        yield from validate_properties(validator, properties, instance, subschema)
+
+    filling = jsonschema.validators.extend(validator_class, {"properties": set_defaults})
+    config = copy.deepcopy(config)
+    errors = sorted(filling(schema).iter_errors(config), key=lambda e: list(e.absolute_path))
+    if errors:
+        raise ValueError(f"{source}: " + "; ".join(
+            f"{'.'.join(map(str, e.absolute_path)) or 'config'}: {e.message}" for e in errors))
+    return config
+
+
+def load_config(paths: list[str | Path], overrides: dict | None = None) -> dict:
+    """Merge YAML files in order (later wins), then `overrides`, then fill defaults and validate."""
+    config: dict = {}
+    for path in paths:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: config file not found")
+        loaded = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{path}: a config file must hold a mapping, found {type(loaded).__name__}")
+        config = deep_merge(config, loaded)
+    config = deep_merge(config, overrides or {})
+    return fill_defaults_and_validate(config, " + ".join(map(str, paths)) or "config")
+
+
+def variant_section(config: dict, section: str, variant: str) -> dict:
+    """config[section] with config['overrides'][variant][section] merged over it."""
+    override = config.get("overrides", {}).get(variant, {}).get(section, {})
+    return deep_merge(config[section], override)
