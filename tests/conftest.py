@@ -1,6 +1,69 @@
-"""Shared fixtures. Heavy things (a demo dataset, a trained model) are session-scoped and built once."""
+"""Shared fixtures. Heavy things (a demo dataset, a trained model) are session-scoped and built once.
 
+Budget: the whole suite runs on 2 cores in CI within about 15 minutes, so everything that trains
+uses b0, tiny images and few iterations, and shares the one model trained here.
+"""
+
+import json
 import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
 
 # Keep MindSpore/oneDNN from oversubscribing the 2-core CI machine.
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# A tiny demo: 128x64 frames, enough to train a few iterations on and to evaluate quickly.
+TINY_DEMO = dict(seed=0, width=128, height=64, train_images=8, val_images=4)
+
+# Training settings for tests: b0, crops of 64, a handful of iterations.
+TINY_TRAIN = {
+    "iterations": 12, "batch_size": 2, "crop_size": [64, 64], "base_scale": [128, 64],
+    "log_interval": 2, "checkpoint_interval": 0, "num_workers": 1,
+    "schedule": {"warmup_iters": 2},
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory):
+    """A tiny demo dataset with its train-id labels and split lists: {'root', 'data', 'train', 'val'}."""
+    from segformer.convert.labels import convert_dataset, split_pairs, write_split_lists
+    from segformer.data.demo import generate_demo
+
+    base = tmp_path_factory.mktemp("tiny")
+    root = base / "cityscapes"
+    generate_demo(root, **TINY_DEMO)
+    data = base / "data"
+    report = convert_dataset(root, out_dir=data, nproc=1, progress=False)
+    assert not report.errors, report.errors
+    pairs, errors = split_pairs(root, data)
+    assert not errors, errors
+    lists = write_split_lists(data, pairs)
+    return {"root": root, "data": data, "train": lists["train"], "val": lists["val"]}
+
+
+def run_train(out_dir, train_list, val_list=None, *, settings=None, extra=(), launcher_args=None, timeout=900):
+    """Run workflow_scripts/train.py (or launch_train.py with launcher_args) as a user would."""
+    merged = {**TINY_TRAIN, **(settings or {})}
+    train_args = ["--variant", "b0", "--settings", json.dumps(merged), "--train_list", str(train_list),
+                  "--out_dir", str(out_dir), *extra]
+    if val_list:
+        train_args += ["--val_list", str(val_list)]
+    if launcher_args is None:
+        command = [sys.executable, str(ROOT / "workflow_scripts/train.py"), *train_args]
+    else:
+        command = [sys.executable, str(ROOT / "workflow_scripts/launch_train.py"), *launcher_args, "--", *train_args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+
+
+@pytest.fixture(scope="session")
+def trained_b0(tiny_dataset, tmp_path_factory):
+    """One tiny b0 trained once for every test that needs a model: its output folder."""
+    out_dir = tmp_path_factory.mktemp("trained_b0")
+    result = run_train(out_dir, tiny_dataset["train"], tiny_dataset["val"])
+    assert result.returncode == 0, result.stdout + result.stderr
+    return out_dir
