@@ -22,22 +22,30 @@ from segformer.data.demo import MANIFEST_NAME, generate_demo
 from segformer.io import read_image_rgb, read_label
 
 REPO = Path(__file__).resolve().parents[1]
-SIZE = dict(width=128, height=64, train_images=8, val_images=8)  # 8 frames still cover the 15 featured classes
 FILE_RE = re.compile(
     r"^(?P<kind>leftImg8bit|gtFine)/(?P<split>train|val)/(?P<city>[a-z]+)/"
     r"(?P=city)_\d{6}_\d{6}_(?P<suffix>leftImg8bit\.png|gtFine_polygons\.json|gtFine_labelIds\.png|gtFine_instanceIds\.png)$"
 )
 
 
-def all_files(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+def dataset_files(root: Path) -> dict[str, bytes]:
+    """The bytes of every file a demo's manifest lists, and of the manifest."""
+    names = json.loads((root / MANIFEST_NAME).read_text())["files"] + [MANIFEST_NAME]
+    return {name: (root / name).read_bytes() for name in names}
 
 
 @pytest.fixture(scope="module")
-def demo_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("demo") / "cityscapes"
-    manifest = generate_demo(root, seed=0, **SIZE)
-    return root, manifest
+def demo_root(tiny_dataset):
+    """The session's tiny demo (tests/conftest.py) and the manifest generate_demo saved with it."""
+    root = tiny_dataset["root"]
+    return root, json.loads((root / MANIFEST_NAME).read_text())
+
+
+def same_options(manifest, **changes) -> dict:
+    """generate_demo keyword arguments that rebuild the dataset of `manifest` (with `changes`)."""
+    options = dict(seed=manifest["seed"], width=manifest["width"], height=manifest["height"],
+                   train_images=manifest["counts"]["train"], val_images=manifest["counts"]["val"])
+    return {**options, **changes}
 
 
 def frames(root: Path):
@@ -50,6 +58,7 @@ def test_layout_and_naming(demo_root):
     assert MANIFEST_NAME in files
     files.remove(MANIFEST_NAME)
     assert files == manifest["files"]
+    counts = manifest["counts"]
     by_frame: dict[str, set] = {}
     for name in files:
         match = FILE_RE.match(name)
@@ -57,22 +66,22 @@ def test_layout_and_naming(demo_root):
         frame = Path(name).name.rsplit("_", 2 if "gtFine" in Path(name).name else 1)[0]
         by_frame.setdefault((match["split"], frame), set()).add(match["suffix"])
     assert all(len(suffixes) == 4 for suffixes in by_frame.values())
-    assert sum(split == "train" for split, _ in by_frame) == 8 and sum(split == "val" for split, _ in by_frame) == 8
+    assert [sum(split == s for split, _ in by_frame) for s in ("train", "val")] == [counts["train"], counts["val"]]
     assert {p.name for p in (root / "leftImg8bit" / "val").iterdir()} == set(demo.DEFAULT_CITIES["val"])
-    assert manifest["counts"] == {"train": 8, "val": 8} and manifest["seed"] == 0
 
 
 def test_sizes_are_consistent(demo_root):
-    root, _ = demo_root
+    root, manifest = demo_root
+    size = (manifest["height"], manifest["width"])
     for json_path in frames(root):
         annotation = json.loads(json_path.read_text())
-        assert (annotation["imgHeight"], annotation["imgWidth"]) == (64, 128)
+        assert (annotation["imgHeight"], annotation["imgWidth"]) == size
         stem = str(json_path)[: -len("_polygons.json")]
         image = read_image_rgb(str(json_path.parent).replace("gtFine", "leftImg8bit") + "/"
                                + json_path.name.replace("_gtFine_polygons.json", "_leftImg8bit.png"))
-        assert image.shape == (64, 128, 3)
-        assert read_label(stem + "_labelIds.png").shape == (64, 128)
-        assert read_label(stem + "_instanceIds.png").shape == (64, 128)
+        assert image.shape == (*size, 3)
+        assert read_label(stem + "_labelIds.png").shape == size
+        assert read_label(stem + "_instanceIds.png").shape == size
 
 
 def test_labels_are_cityscapesscripts_drawings_of_the_json(demo_root):
@@ -129,13 +138,13 @@ def test_images_are_textured_and_follow_the_labels(demo_root):
 
 
 def test_deterministic_from_the_seed(demo_root, tmp_path):
-    root, _ = demo_root
-    generate_demo(tmp_path / "same", seed=0, **SIZE)
-    assert all_files(tmp_path / "same") == all_files(root)
-    generate_demo(tmp_path / "other", seed=1, **SIZE)
-    other = all_files(tmp_path / "other")
-    assert other.keys() == all_files(root).keys()
-    assert all(other[k] != v for k, v in all_files(root).items() if k.endswith("_leftImg8bit.png"))
+    root, manifest = demo_root
+    generate_demo(tmp_path / "same", **same_options(manifest))
+    assert dataset_files(tmp_path / "same") == dataset_files(root)
+    generate_demo(tmp_path / "other", **same_options(manifest, seed=manifest["seed"] + 1))
+    other, ours = dataset_files(tmp_path / "other"), dataset_files(root)
+    assert other.keys() == ours.keys()
+    assert all(other[k] != v for k, v in ours.items() if k.endswith("_leftImg8bit.png"))
 
 
 def test_refuses_a_non_empty_destination_unless_forced(tmp_path):

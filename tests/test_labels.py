@@ -210,6 +210,14 @@ def test_single_point_polygon_fails_in_both_tools(tmp_path):
     assert (tmp_path / "out/gtFine/val/lindau/lindau_000001_000019_gtFine_labelTrainIds.png").is_file()
 
 
+def test_progress_bar_only_when_asked_or_on_a_terminal(tmp_path, capfd):
+    make_tree(tmp_path / "src", {"a": tricky_annotations()["groups"]})
+    convert_dataset(tmp_path / "src", tmp_path / "out", progress=True)
+    assert "labelTrainIds: 100%" in capfd.readouterr().err
+    convert_dataset(tmp_path / "src", tmp_path / "out", force=True)  # stderr is not a terminal here
+    assert capfd.readouterr().err == ""
+
+
 def test_incremental_and_force(tmp_path):
     paths = make_tree(tmp_path / "src", {k: tricky_annotations()[k] for k in ("groups", "floats", "outside")})
     out = tmp_path / "out"

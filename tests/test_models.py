@@ -7,6 +7,7 @@ and the parameter names follow notes/model_contract.md.
 """
 
 import math
+import re
 
 import mindspore as ms
 import numpy as np
@@ -170,6 +171,13 @@ def test_wrong_channel_count_is_a_clear_error():
         net(random_image((1, 4, 64, 64)))
 
 
+@pytest.mark.parametrize("formulation", ["conv", "matmul"])
+def test_too_small_image_is_a_clear_error(formulation):
+    net = quick_model("b0", formulation=formulation)
+    with pytest.raises(ValueError, match="too small.*4x4 token map.*8x8"):
+        net(random_image((1, 3, 16, 16)))
+
+
 def test_formulations_agree_in_outputs_gradients_names_and_shapes():
     conv_net = build_model("b0", formulation="conv")
     matmul_net = build_model("b0", formulation="matmul")
@@ -195,6 +203,58 @@ def test_formulations_agree_in_outputs_gradients_names_and_shapes():
     for name, g_conv, g_matmul in zip(names, conv_grads, matmul_grads):
         scale = np.abs(g_conv).max() + 1e-12
         assert np.abs(g_matmul - g_conv).max() / scale < 1e-3, name
+
+
+HF_PREFIXES = [(r"^backbone\.patch_embed(\d)\.norm\.", "segformer.stages.{}.patch_embeddings.layer_norm."),
+               (r"^backbone\.patch_embed(\d)\.", "segformer.stages.{}.patch_embeddings."),
+               (r"^backbone\.block(\d)\.", "segformer.stages.{}.blocks."),
+               (r"^backbone\.norm(\d)\.", "segformer.stages.{}.layer_norm."),
+               (r"^decode_head\.linear_c(\d)\.", "decode_head.linear_projections.{}.")]
+
+
+def hugging_face_name(name):
+    """In-memory transformers 5.x SegFormer name of one of our parameters (kv maps to k_proj/v_proj)."""
+    for pattern, replacement in HF_PREFIXES:
+        name = re.sub(pattern, lambda match, r=replacement: r.format(int(match[1]) - 1), name)
+    for ours, theirs in [("norm1.", "layernorm_before."), ("norm2.", "layernorm_after."), ("attn.q.", "attention.q_proj."),
+                         ("attn.proj.", "attention.o_proj."), ("attn.sr.", "attention.sequence_reduction.sequence_reduction."),
+                         ("attn.norm.", "attention.sequence_reduction.layer_norm."), ("linear_fuse.conv.", "linear_fuse."),
+                         ("linear_fuse.bn.", "batch_norm."), ("linear_pred.", "classifier."), ("gamma", "weight"),
+                         ("beta", "bias"), ("moving_mean", "running_mean"), ("moving_variance", "running_var")]:
+        name = name.replace(ours, theirs)
+    return name
+
+
+@pytest.mark.parametrize("formulation", ["conv", "matmul"])
+def test_same_function_as_hugging_face_segformer(formulation):
+    """Against an independent implementation: HF SegformerForSemanticSegmentation (b0 shapes, random weights,
+    block and stage LayerNorms set to the official eps 1e-6, since HF uses 1e-5 everywhere)."""
+    from transformers import SegformerConfig, SegformerForSemanticSegmentation
+    torch.manual_seed(0)
+    reference = SegformerForSemanticSegmentation(SegformerConfig(
+        hidden_sizes=[32, 64, 160, 256], depths=[2, 2, 2, 2], decoder_hidden_size=256, num_labels=19)).eval()
+    with torch.no_grad():
+        for module_name, module in reference.named_modules():
+            if isinstance(module, torch.nn.LayerNorm) and re.search(r"layernorm_(before|after)$|stages\.\d\.layer_norm$", module_name):
+                module.eps = 1e-6
+        for parameter in reference.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+        reference.decode_head.batch_norm.running_mean.normal_()
+        reference.decode_head.batch_norm.running_var.uniform_(0.5, 2.0)
+    state = {key: value.numpy() for key, value in reference.state_dict().items()}
+    net = quick_model("b0", formulation=formulation)
+    for name, parameter in net.parameters_and_names():
+        if ".attn.kv." in name:
+            key = hugging_face_name(name.replace(".attn.kv.", ".attn.q."))
+            value = np.concatenate([state[key.replace("q_proj", "k_proj")], state[key.replace("q_proj", "v_proj")]])
+        else:
+            value = state[hugging_face_name(name)]
+        parameter.set_data(ms.Tensor(value))
+    net.set_train(False)
+    image = random_image((1, 3, 70, 90))
+    with torch.no_grad():
+        expected = reference(pixel_values=torch.from_numpy(image.asnumpy())).logits.numpy()
+    np.testing.assert_allclose(net(image).asnumpy(), expected, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("kernel, stride, size", [(7, 4, (23, 30)), (3, 2, (9, 14))])
@@ -230,14 +290,12 @@ def test_depthwise_conv_formulations_match_torch_grouped_conv():
     layers[0].bias.set_data(random_image((8,), seed=4))
     for name in ("weight", "bias"):
         getattr(layers[1], name).set_data(getattr(layers[0], name).value())
-    height, width = 5, 7
-    tokens = random_image((2, height * width, 8))
-    torch_map = torch.from_numpy(tokens.asnumpy()).transpose(1, 2).reshape(2, 8, height, width)
-    expected = torch.nn.functional.conv2d(torch_map, torch.from_numpy(layers[0].weight.asnumpy()),
+    feature_map = random_image((2, 8, 5, 7))
+    expected = torch.nn.functional.conv2d(torch.from_numpy(feature_map.asnumpy()),
+                                          torch.from_numpy(layers[0].weight.asnumpy()),
                                           torch.from_numpy(layers[0].bias.asnumpy()), padding=1, groups=8)
     for layer in layers:
-        np.testing.assert_allclose(layer(tokens, height, width).asnumpy(), expected.flatten(2).transpose(1, 2).numpy(),
-                                   atol=1e-5)
+        np.testing.assert_allclose(layer(feature_map).asnumpy(), expected.numpy(), atol=1e-5)
 
 
 def test_formulation_is_chosen_by_device_in_one_place():
@@ -283,16 +341,19 @@ def test_layer_norm_eps_is_the_one_used_in_the_computation():
     np.testing.assert_allclose(norm(ms.Tensor(x)).asnumpy(), expected, rtol=1e-3)
 
 
-def test_head_concatenates_c4_c3_c2_c1_and_resizes_like_torch():
+@pytest.mark.parametrize("formulation", ["conv", "matmul"])
+def test_head_concatenates_c4_c3_c2_c1_and_resizes_like_torch(formulation):
+    """Slot k of the fuse weight must meet c4, c3, c2, c1 for k = 0..3, in both formulations (the matmul one
+    fuses before resizing)."""
     dims, embed = (3, 4, 5, 6), 8
-    head = SegFormerHead(dims, embed, num_classes=embed, dropout=0.1)
+    head = SegFormerHead(dims, embed, num_classes=embed, dropout=0.1, formulation=formulation)
     head.set_train(False)
     features = [random_image((1, c, 12 // 2 ** i, 20 // 2 ** i), seed=i) for i, c in enumerate(dims)]
     identity = np.eye(embed, dtype=np.float32).reshape(embed, embed, 1, 1)
     head.linear_pred.weight.set_data(ms.Tensor(identity))
     head.linear_pred.bias.set_data(ms.Tensor(np.zeros(embed, np.float32)))
     projections = [head.linear_c1, head.linear_c2, head.linear_c3, head.linear_c4]
-    for slot, source in enumerate((3, 2, 1, 0)):            # slot k of the concat must hold c4, c3, c2, c1
+    for slot, source in enumerate((3, 2, 1, 0)):
         fuse = np.zeros((embed, 4 * embed, 1, 1), np.float32)
         fuse[:, slot * embed:(slot + 1) * embed] = identity
         head.linear_fuse.conv.weight.set_data(ms.Tensor(fuse))

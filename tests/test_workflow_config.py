@@ -49,8 +49,8 @@ def test_config_yaml_matches_schema_defaults():
     check(config, schema, "config")
 
 
-def test_dry_run_of_the_demo_plans_the_data_stage():
-    result = snakemake("-n", "--quiet", "rules")
+def test_dry_run_of_the_demo_plans_every_stage():
+    result = snakemake("-n", "--forceall", "--quiet", "rules")
     assert result.returncode == 0, result.stdout + result.stderr
-    for rule in ("demo_dataset", "convert_labels"):
+    for rule in ("demo_dataset", "convert_labels", "train"):
         assert rule in result.stdout

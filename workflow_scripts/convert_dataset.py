@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from importlib.metadata import version
 from pathlib import Path
 
 import segformer
@@ -36,7 +35,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--force", action="store_true", help="redraw labels that are already newer than their json")
     parser.add_argument("--lists_dir", type=Path, help="also write LISTS_DIR/{train,val,test}.txt (splits present)")
     parser.add_argument("--manifest", type=Path, help="json manifest written last, only if everything succeeded")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar (shown by default on a terminal)")
     args = parser.parse_args(argv)
     if args.nproc < 1:
         parser.error(f"--nproc must be at least 1, got {args.nproc}")
@@ -44,6 +43,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def build_manifest(args, label_root: Path, report, pairs: dict, lists: dict) -> dict:
+    from importlib.metadata import version  # not at the top: it slows every start by ~20 ms
+
     labels = sorted(report.converted + report.skipped)
     return {
         "tool": "workflow_scripts/convert_dataset.py",
@@ -76,7 +77,7 @@ def main(argv=None) -> int:
         # A manifest from an earlier run must not survive a failed one: later stages trust it.
         args.manifest.unlink(missing_ok=True)
 
-    report = convert_dataset(args.data_root, args.out_dir, nproc=args.nproc, force=args.force, progress=not args.quiet)
+    report = convert_dataset(args.data_root, args.out_dir, nproc=args.nproc, force=args.force, progress=False if args.quiet else None)
     pairs, pairing_errors = split_pairs(args.data_root, label_root)
     errors = report.errors + pairing_errors
     log.info("%s (labels under %s)", report.summary(), label_root / "gtFine")

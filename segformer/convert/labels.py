@@ -18,8 +18,8 @@ as an error and convert the rest.
 from __future__ import annotations
 
 import json
-import multiprocessing
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -200,16 +200,16 @@ def convert_dataset(
     out_dir: str | os.PathLike | None = None,
     nproc: int = 1,
     force: bool = False,
-    progress: bool = True,
+    progress: bool | None = None,
 ) -> ConversionReport:
     """Write a *_gtFine_labelTrainIds.png for every gtFine/*/*/*_gtFine_polygons.json under data_root.
 
     Labels go beside the json (like csCreateTrainIdLabelImgs), or with out_dir into a mirror
     out_dir/gtFine/SPLIT/CITY/ and nothing is written under data_root. A label whose file is at
     least as new as its json is skipped unless force. Files are spread over nproc processes.
+    progress: a tqdm bar on stderr; None (default) shows it only when stderr is a terminal, as
+    tqdm's own default does, so logs stay readable.
     """
-    from tqdm import tqdm
-
     data_root = Path(data_root)
     label_root = Path(out_dir) if out_dir is not None else data_root
     report = ConversionReport()
@@ -225,14 +225,16 @@ def convert_dataset(
         else:
             tasks.append((json_path, label_path))
 
-    bar = tqdm(total=len(tasks), desc="labelTrainIds", unit="img", disable=not progress or not tasks)
-    with bar:
-        for json_path, label_path, reason in _run_tasks(tasks, nproc):
-            if reason is None:
-                report.converted.append(label_path)
-            else:
-                report.errors.append((json_path, reason))
-            bar.update()
+    results = _run_tasks(tasks, nproc)
+    if tasks and (progress if progress is not None else sys.stderr.isatty()):
+        from tqdm import tqdm  # imported only when shown: it is a sizeable part of a small run's start-up
+
+        results = tqdm(results, total=len(tasks), desc="labelTrainIds", unit="img")
+    for json_path, label_path, reason in results:
+        if reason is None:
+            report.converted.append(label_path)
+        else:
+            report.errors.append((json_path, reason))
     report.converted.sort()
     report.errors.sort()
     return report
@@ -244,6 +246,8 @@ def _run_tasks(tasks: list, nproc: int):
         return
     # A few chunks per worker: keeps inter-process traffic low while the last chunks balance the load.
     chunksize = max(1, len(tasks) // (nproc * 4))
+    import multiprocessing
+
     with multiprocessing.Pool(min(nproc, len(tasks))) as pool:
         yield from pool.imap_unordered(_convert_one, tasks, chunksize=chunksize)
 

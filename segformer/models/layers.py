@@ -1,12 +1,15 @@
-"""Building blocks shared by the MiT backbone: strided convolutions with a choice of formulation, DropPath,
-and the official initialisers.
+"""Building blocks of the MiT backbone and its head: convolutions with a choice of formulation, channels-first
+linear products, DropPath, and the official initialisers.
 
 Why two formulations: on CPU MindSpore hands oneDNN plain NCHW tensors and gets its generic, slow conv
-kernel (a 7x7/s4 patch embedding takes ~265 ms, an 8x8/s8 reduction ~41 ms). The same convolutions
-written as exact matrix products (im2col + matmul, or reshape-into-patches + matmul) take 7 ms and 2.4 ms.
-On Ascend/GPU the conv kernels are the fast path. Either way the parameter is the conv-shaped
-`weight` [out, in, k, k] plus `bias` [out], so one checkpoint serves both.
-The formulation is chosen in one place, `resolve_formulation`.
+kernels (b0 at 512x1024: the 7x7/s4 patch embedding ~265 ms, an 8x8/s8 reduction ~41 ms, a stage-1 3x3
+depthwise conv several hundred ms), and explicit transposes between tokens [B, N, C] and maps [B, C, N]
+cost more than the matrix products around them. "matmul" (CPU) computes the same convolutions as exact
+matrix products (im2col + matmul, reshape-into-patches + matmul) and lets BatchMatMul read operands
+transposed instead of transposing tensors. "conv" (Ascend/GPU, where the conv kernels are the fast path)
+follows the official code literally. Either way the parameters are the conv-shaped `weight`
+[out, in / groups, k, k] plus `bias` [out] and the Linear [out, in] weights, so one checkpoint serves both.
+The formulation is chosen in one place, `resolve_formulation`; build_model passes it down.
 """
 
 import math
@@ -124,6 +127,9 @@ class SpatialReductionConv(_ConvShapedParameters):
         batch = tokens.shape[0]
         channels = self.out_channels
         ratio = self.ratio
+        if height < ratio or width < ratio:
+            raise ValueError(f"image too small for SegFormer: a {height}x{width} token map cannot be reduced "
+                             f"by the attention's {ratio}x{ratio} stride-{ratio} conv (inputs need at least 29x29 pixels)")
         if self.use_matmul:
             out_height = height // ratio
             out_width = width // ratio
@@ -208,7 +214,7 @@ class DropPath(nn.Cell):
         if not self.training or self.drop_prob == 0.0:
             return x
         mask_shape = (x.shape[0],) + (1,) * (x.ndim - 1)
-        keep_mask = ops.floor(self.keep_prob + ops.rand(mask_shape, dtype=x.dtype))
+        keep_mask = ops.bernoulli(ops.zeros(mask_shape, x.dtype), p=self.keep_prob)
         return x / self.keep_prob * keep_mask
 
     def extend_repr(self):

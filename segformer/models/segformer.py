@@ -21,7 +21,7 @@ class SegFormer(nn.Cell):
         self.formulation = formulation
         self.backbone = MixVisionTransformer(config, drop_path_rate, formulation)
         self.decode_head = SegFormerHead(config.embed_dims, config.decoder_dim, num_classes, head_dropout,
-                                         sync_bn)
+                                         sync_bn, formulation)
 
     def construct(self, image):
         return self.decode_head(self.backbone(image))
@@ -33,9 +33,14 @@ def build_model(variant: str, num_classes: int = 19, *, drop_path_rate: Optional
     """Build SegFormer-`variant` ('b0' ... 'b5'). With the defaults it is the model the official checkpoints
     load into (drop path 0.1 spread over the blocks, head dropout 0.1, plain BatchNorm in the head).
 
-    sync_bn: synchronise the head's BatchNorm over data-parallel devices (see segformer.models.sync_bn).
-    formulation: "conv" or "matmul" for the strided convolutions; "auto"/None picks by device (matmul on
-    CPU). device: the MindSpore device target the choice is made for (default: the context's).
+    drop_path_rate: stochastic depth of the last block (None: the variant's 0.1), spread linearly from 0.
+    head_dropout: Dropout2d rate before linear_pred.
+    sync_bn: synchronise the head's BatchNorm over data-parallel devices (see segformer.models.sync_bn);
+    build the model after mindspore.communication.init() so that it sees the world size.
+    formulation: how convolutions and the head are computed, "conv" (the official code literally) or
+    "matmul" (exact matrix-product forms, fast on CPU), see segformer.models.layers; "auto"/None picks
+    by device: matmul on CPU, conv on Ascend/GPU. Parameters are identical either way.
+    device: the MindSpore device target the formulation is chosen for (default: the context's).
     """
     config = variant_config(variant)
     if num_classes < 1:
