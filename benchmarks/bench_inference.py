@@ -2,11 +2,12 @@
 PyTorch (SegformerForSemanticSegmentation built offline from a SegformerConfig, random weights).
 
 Each framework runs in its own subprocess of this one invocation, with the same thread count pinned for
-both (MindSpore op threads, torch intra-op threads, OMP/MKL env), the same input shape and the same number
+both (MindSpore op threads, torch intra-op threads, OMP/MKL env, OMP_WAIT_POLICY), the same input shape and the same number
 of warm-up and timed runs; the median of the timed runs is reported, and MindSpore / PyTorch as a ratio
 (> 1: MindSpore is slower). Not a test: run it on an otherwise idle machine.
 
     python benchmarks/bench_inference.py                      # b0, 512x1024, batch 1 and 2, 2 threads
+    python benchmarks/bench_inference.py --rounds 2 --runs 5         # alternate the workers, pool the runs
     python benchmarks/bench_inference.py --variant b2 --batches 1 --json results/bench_b2.json
 """
 
@@ -39,6 +40,13 @@ def parse_args(argv=None):
     parser.add_argument("--threads", type=int, default=2, help="threads for both frameworks")
     parser.add_argument("--warmup", type=int, default=2, help="untimed runs per batch size (after compiling)")
     parser.add_argument("--runs", type=int, default=5, help="timed runs per batch size; the median is reported")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="start each framework's worker this many times, alternating which goes first, and pool "
+                             "the timed runs (evens out a machine whose load changes)")
+    parser.add_argument("--omp-wait-policy", default="PASSIVE", choices=["PASSIVE", "ACTIVE", "unset"],
+                        help="OMP_WAIT_POLICY for both workers. PASSIVE by default: with OpenMP's spinning waits, "
+                             "PyTorch on a 2-core machine shared with other processes took 0.02-1.5 s for the same "
+                             "small forward")
     parser.add_argument("--formulation", default="auto", help="MindSpore strided-conv formulation: auto, conv, matmul")
     parser.add_argument("--json", help="also write the figures to this JSON file")
     parser.add_argument("--framework", choices=["mindspore", "torch"], help=argparse.SUPPRESS)   # worker mode
@@ -106,6 +114,11 @@ def run_worker(framework: str, argv):
     threads = str(parse_args(argv).threads)
     env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads, OPENBLAS_NUM_THREADS=threads,
                GLOG_v=env.get("GLOG_v", "3"))
+    wait_policy = parse_args(argv).omp_wait_policy
+    if wait_policy == "unset":
+        env.pop("OMP_WAIT_POLICY", None)
+    else:
+        env["OMP_WAIT_POLICY"] = wait_policy
     completed = subprocess.run([sys.executable, os.path.abspath(__file__), *argv, "--framework", framework],
                                env=env, capture_output=True, text=True)
     if completed.returncode != 0:
@@ -114,16 +127,28 @@ def run_worker(framework: str, argv):
     return json.loads(completed.stdout.strip().splitlines()[-1])
 
 
+def pool_runs(pooled, framework, results):
+    """Add one worker's timed runs to the pool of its framework (first-call times: from the first worker)."""
+    if framework not in pooled:
+        pooled[framework] = results
+        return
+    for batch, figures in results.items():
+        if isinstance(figures, dict):
+            pooled[framework][batch]["runs_s"] += figures["runs_s"]
+
+
 def report(args, mindspore_results, torch_results):
     rows = []
-    print(f"SegFormer-{args.variant} inference, {args.height}x{args.width}, {args.threads} threads, "
-          f"median of {args.runs} runs after {args.warmup} warm-up (MindSpore graph mode, "
+    print(f"SegFormer-{args.variant} inference, {args.height}x{args.width}, {args.threads} threads "
+          f"(OMP_WAIT_POLICY {args.omp_wait_policy}), "
+          f"median of {args.rounds} x {args.runs} runs after {args.warmup} warm-up (MindSpore graph mode, "
           f"formulation {mindspore_results['formulation']}; PyTorch {torch_results['torch']}, Hugging Face)")
     print(f"{'batch':>5}  {'MindSpore s':>11}  {'PyTorch s':>9}  {'ratio MS/PT':>11}  {'MS compile+1st s':>16}")
     for batch in args.batches:
         ms_run, pt_run = mindspore_results[str(batch)], torch_results[str(batch)]
         if ms_run["output_shape"] != pt_run["output_shape"]:
-            raise SystemExit(f"output shapes differ at batch {batch}: {ms_run['output_shape']} vs {pt_run['output_shape']}")
+            raise SystemExit(f"output shapes differ at batch {batch}: MindSpore {ms_run['output_shape']}, "
+                             f"PyTorch {pt_run['output_shape']}")
         ms_median, pt_median = statistics.median(ms_run["runs_s"]), statistics.median(pt_run["runs_s"])
         rows.append({"batch": batch, "mindspore_s": ms_median, "pytorch_s": pt_median, "ratio": ms_median / pt_median,
                      "mindspore_first_call_s": ms_run["first_call_s"], "mindspore_runs_s": ms_run["runs_s"],
@@ -140,13 +165,16 @@ def main(argv=None):
         worker = mindspore_worker if args.framework == "mindspore" else torch_worker
         print(json.dumps(worker(args)))
         return
-    mindspore_results = run_worker("mindspore", argv)
-    torch_results = run_worker("torch", argv)
-    rows = report(args, mindspore_results, torch_results)
+    pooled = {}
+    for round_index in range(args.rounds):
+        order = ("mindspore", "torch") if round_index % 2 == 0 else ("torch", "mindspore")
+        for framework in order:
+            pool_runs(pooled, framework, run_worker(framework, argv))
+    rows = report(args, pooled["mindspore"], pooled["torch"])
     if args.json:
         from segformer.io import write_json
         write_json(args.json, {"variant": args.variant, "height": args.height, "width": args.width,
-                               "threads": args.threads, "rows": rows})
+                               "threads": args.threads, "rounds": args.rounds, "rows": rows})
 
 
 if __name__ == "__main__":

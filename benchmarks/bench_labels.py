@@ -94,7 +94,8 @@ def run_ours(source: Path, work: Path, nproc: int) -> float:
     shutil.copytree(source, copy)
     try:
         # With its progress bar, as a user runs it (the reference prints its progress too).
-        return timed([sys.executable, str(REPO / "workflow_scripts" / "convert_dataset.py"), str(copy), "--nproc", str(nproc)])
+        script = REPO / "workflow_scripts" / "convert_dataset.py"
+        return timed([sys.executable, str(script), str(copy), "--nproc", str(nproc)])
     finally:
         shutil.rmtree(copy)
 

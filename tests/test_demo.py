@@ -127,7 +127,8 @@ def test_images_are_textured_and_follow_the_labels(demo_root):
     root, _ = demo_root
     pixels: dict[int, list] = {}
     for json_path in root.glob("gtFine/train/*/*_gtFine_polygons.json"):
-        image = read_image_rgb(str(json_path).replace("gtFine", "leftImg8bit", 1).replace("_gtFine_polygons.json", "_leftImg8bit.png"))
+        image_path = str(json_path).replace("gtFine", "leftImg8bit", 1).replace("_gtFine_polygons.json", "_leftImg8bit.png")
+        image = read_image_rgb(image_path)
         train_ids = json_to_train_ids(json_path)
         for cls in (0, 2, 10):  # road, building, sky
             pixels.setdefault(cls, []).append(image[train_ids == cls].astype(np.float32))

@@ -117,20 +117,21 @@ def run_reference(root: Path, workdir: Path) -> subprocess.CompletedProcess:
 
 
 def run_cli(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(SCRIPT), *map(str, args), "--quiet"], capture_output=True, text=True, timeout=120)
+    command = [sys.executable, str(SCRIPT), *map(str, args), "--quiet"]
+    return subprocess.run(command, capture_output=True, text=True, timeout=120)
 
 
 def snapshot(root: Path) -> dict:
     """Every file and folder under root with its mtime and content hash."""
     return {
-        str(p.relative_to(root)): (p.stat().st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else None)
+        str(p.relative_to(root)): (p.stat().st_mtime_ns, p.is_file() and hashlib.sha256(p.read_bytes()).hexdigest())
         for p in sorted(root.rglob("*"))
     }
 
 
 @pytest.fixture(scope="module")
 def tricky(tmp_path_factory):
-    """(source root, reference labels root, our labels root) after running both tools once."""
+    """(source root, reference labels root, our labels root, our lists folder) after running both tools once."""
     work = tmp_path_factory.mktemp("tricky")
     source = work / "source"
     make_tree(source, tricky_annotations())
@@ -180,8 +181,10 @@ def test_split_lists_and_manifest(tricky):
     pairs = read_split_list(lists / "val.txt")
     assert not (lists / "train.txt").exists()  # only splits present
     frames = sorted(p.name[: -len("_gtFine_polygons.json")] for p in source.glob("gtFine/val/*/*.json"))
-    assert [img.resolve() for img, _ in pairs] == [(source / "leftImg8bit/val/lindau" / f"{f}_leftImg8bit.png").resolve() for f in frames]
-    assert [lbl.resolve() for _, lbl in pairs] == [(ours / "gtFine/val/lindau" / f"{f}_gtFine_labelTrainIds.png").resolve() for f in frames]
+    images = [(source / "leftImg8bit/val/lindau" / f"{f}_leftImg8bit.png").resolve() for f in frames]
+    labels = [(ours / "gtFine/val/lindau" / f"{f}_gtFine_labelTrainIds.png").resolve() for f in frames]
+    assert [img.resolve() for img, _ in pairs] == images
+    assert [lbl.resolve() for _, lbl in pairs] == labels
     manifest = json.loads((lists / "manifest.json").read_text())
     assert manifest["counts"] == {"val": len(frames)}
     assert manifest["source_root"] == str(source.resolve())
@@ -239,7 +242,8 @@ def test_bad_input_is_reported_and_good_files_still_converted(tmp_path):
     paths = make_tree(src, {"a": good, "b": good, "c": good, "d": good, "e": good, "f": good})
     paths[1].write_text("{ not json")
     write_json(paths[2], {"imgHeight": H, "objects": []})
-    write_json(paths[3], {"imgHeight": H, "imgWidth": W, "objects": [{"label": "flying saucer", "polygon": [[0, 0], [5, 5], [0, 5]]}]})
+    saucer = {"label": "flying saucer", "polygon": [[0, 0], [5, 5], [0, 5]]}
+    write_json(paths[3], {"imgHeight": H, "imgWidth": W, "objects": [saucer]})
     write_json(paths[4], {"imgHeight": H, "imgWidth": W, "objects": [{"label": "car", "polygon": "0,0 5,5"}]})
     lists.mkdir()
     (lists / "manifest.json").write_text("{}")  # stale, from an earlier run

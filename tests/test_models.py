@@ -24,7 +24,7 @@ from segformer.models.sync_bn import AllReduceBatchNorm2d
 ms.set_device("CPU")
 
 # Retyped from shared/reference/segformer.md section 1 (not imported from the model code).
-OFFICIAL = {
+OFFICIAL = {  # noqa: E501 (one row per variant)
     "b0": dict(dims=(32, 64, 160, 256), depths=(2, 2, 2, 2), decoder=256, backbone_m=3.32, head_m=0.40, tensors=176),
     "b1": dict(dims=(64, 128, 320, 512), depths=(2, 2, 2, 2), decoder=256, backbone_m=13.15, head_m=0.53, tensors=176),
     "b2": dict(dims=(64, 128, 320, 512), depths=(3, 4, 6, 3), decoder=768, backbone_m=24.20, head_m=3.17, tensors=332),
@@ -48,7 +48,8 @@ def official_backbone_shapes(dims, depths):
         shapes[f"patch_embed{stage}.norm.weight"] = shapes[f"patch_embed{stage}.norm.bias"] = (dim,)
         for j in range(depth):
             block = f"block{stage}.{j}."
-            layers = {"norm1": [(dim,), (dim,)], "attn.q": [(dim, dim), (dim,)], "attn.kv": [(2 * dim, dim), (2 * dim,)]}
+            layers = {"norm1": [(dim,), (dim,)], "attn.q": [(dim, dim), (dim,)],
+                      "attn.kv": [(2 * dim, dim), (2 * dim,)]}
             if sr > 1:
                 layers.update({"attn.sr": [(dim, dim, sr, sr), (dim,)], "attn.norm": [(dim,), (dim,)]})
             layers.update({"attn.proj": [(dim, dim), (dim,)], "norm2": [(dim,), (dim,)],
@@ -85,7 +86,8 @@ def names_and_shapes(net, prefix=""):
 
 
 def official_output_size(size):
-    """Logit size of the official model: the four strided convs' floor((n + 2 * (k // 2) - k) / s) + 1, first only."""
+    """Logit size along one axis: the official head works at the first patch embedding's output size,
+    floor((n + 2 * (k // 2) - k) / s) + 1 with k = 7, s = 4."""
     return (size + 2 * (PATCH_SIZES[0] // 2) - PATCH_SIZES[0]) // STRIDES[0] + 1
 
 
@@ -133,7 +135,8 @@ def test_parameter_shapes_and_counts_match_official_checkpoints(variant):
     backbone = names_and_shapes(net, "backbone.")
     assert len(backbone) == spec["tensors"]
     backbone_count = count_parameters(net, "backbone.")
-    assert backbone_count == sum(math.prod(shape) for shape in official_backbone_shapes(spec["dims"], spec["depths"]).values())
+    official_shapes = official_backbone_shapes(spec["dims"], spec["depths"]).values()
+    assert backbone_count == sum(math.prod(shape) for shape in official_shapes)
     assert round(backbone_count / 1e6, 2) == spec["backbone_m"]
     assert round(count_parameters(net, "decode_head.") / 1e6, 2) == spec["head_m"]
 
@@ -216,8 +219,9 @@ def hugging_face_name(name):
     """In-memory transformers 5.x SegFormer name of one of our parameters (kv maps to k_proj/v_proj)."""
     for pattern, replacement in HF_PREFIXES:
         name = re.sub(pattern, lambda match, r=replacement: r.format(int(match[1]) - 1), name)
-    for ours, theirs in [("norm1.", "layernorm_before."), ("norm2.", "layernorm_after."), ("attn.q.", "attention.q_proj."),
-                         ("attn.proj.", "attention.o_proj."), ("attn.sr.", "attention.sequence_reduction.sequence_reduction."),
+    for ours, theirs in [("norm1.", "layernorm_before."), ("norm2.", "layernorm_after."),
+                         ("attn.q.", "attention.q_proj."), ("attn.proj.", "attention.o_proj."),
+                         ("attn.sr.", "attention.sequence_reduction.sequence_reduction."),
                          ("attn.norm.", "attention.sequence_reduction.layer_norm."), ("linear_fuse.conv.", "linear_fuse."),
                          ("linear_fuse.bn.", "batch_norm."), ("linear_pred.", "classifier."), ("gamma", "weight"),
                          ("beta", "bias"), ("moving_mean", "running_mean"), ("moving_variance", "running_var")]:
@@ -235,7 +239,8 @@ def test_same_function_as_hugging_face_segformer(formulation):
         hidden_sizes=[32, 64, 160, 256], depths=[2, 2, 2, 2], decoder_hidden_size=256, num_labels=19)).eval()
     with torch.no_grad():
         for module_name, module in reference.named_modules():
-            if isinstance(module, torch.nn.LayerNorm) and re.search(r"layernorm_(before|after)$|stages\.\d\.layer_norm$", module_name):
+            block_or_stage_norm = re.search(r"layernorm_(before|after)$|stages\.\d\.layer_norm$", module_name)
+            if isinstance(module, torch.nn.LayerNorm) and block_or_stage_norm:
                 module.eps = 1e-6
         for parameter in reference.parameters():
             parameter.add_(0.05 * torch.randn_like(parameter))
@@ -264,7 +269,8 @@ def test_patch_conv_formulations_match_torch_conv(kernel, stride, size):
     layers[0].bias.set_data(random_image((6,), seed=3))
     layers[1].bias.set_data(layers[0].bias.value())
     image = random_image((2, 5) + size)
-    expected = torch.nn.functional.conv2d(torch.from_numpy(image.asnumpy()), torch.from_numpy(layers[0].weight.asnumpy()),
+    expected = torch.nn.functional.conv2d(torch.from_numpy(image.asnumpy()),
+                                          torch.from_numpy(layers[0].weight.asnumpy()),
                                           torch.from_numpy(layers[0].bias.asnumpy()), stride=stride, padding=kernel // 2)
     for layer in layers:
         tokens, height, width = layer(image)
@@ -329,7 +335,8 @@ def test_layer_norm_eps_of_each_norm():
             seen += 1
             expected = 1e-5 if (".patch_embed" in name or name.endswith("attn.norm")) else 1e-6
             assert cell.epsilon == expected, name
-    assert seen == 4 + 2 * 16 + 13 + 4   # patch embeds, norm1/norm2 per block, reduction norms (sr>1 blocks), stage norms
+    # patch embeds, norm1/norm2 of 16 blocks, reduction norms of the 13 blocks with sr > 1, stage norms
+    assert seen == 4 + 2 * 16 + 13 + 4
 
 
 def test_layer_norm_eps_is_the_one_used_in_the_computation():
@@ -459,8 +466,9 @@ def test_variant_names_and_config_lookup():
 
 
 @pytest.mark.slow
-def test_graph_mode_training_step_and_channel_error():
+def test_graph_mode_training_step_and_channel_error(tmp_path, monkeypatch):
     """One graph compile: value_and_grad of b0 in train mode (DropPath, Dropout2d, BN batch statistics)."""
+    monkeypatch.chdir(tmp_path)   # the failed compile of the wrong-channel call dumps rank_0/om/analyze_fail.ir here
     net = build_model("b0", sync_bn=True)
     net.set_train(True)
     image = random_image((2, 3, 64, 64))

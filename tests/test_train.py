@@ -123,28 +123,87 @@ def test_pretrained_with_missing_backbone_parameters_is_refused(tiny_dataset, tr
     assert "backbone.block1.0.attn.kv.weight" in result.stderr
 
 
+def assert_same_updates(start, a, b, tolerance):
+    """The updates (final - start) of two runs agree: ||da - db|| <= tolerance * ||da|| overall.
+
+    Adam normalises every coordinate's step to about lr, so a parameter whose gradient is ~0 moves by
+    +-lr on fp32 noise; comparing whole updates rather than single coordinates is the fair check.
+    """
+    relative = relative_update_difference(weights(start), weights(a), weights(b))
+    assert relative <= tolerance, f"updates differ by {relative:.2e} (relative)"
+
+
+def relative_update_difference(w0, wa, wb) -> float:
+    trained = [n for n in w0 if "moving_" not in n]  # BN running statistics are not optimizer updates
+    diff = sum(float(np.sum((wa[n] - wb[n]) ** 2)) for n in trained)
+    norm = sum(float(np.sum((wa[n] - w0[n]) ** 2)) for n in trained)
+    assert norm > 0, "the runs did not move the weights"
+    return (diff / norm) ** 0.5
+
+
 @pytest.mark.skipif(shutil.which("msrun") is None, reason="msrun ships with MindSpore; missing means a broken install")
-def test_data_parallel_two_workers_equal_one_process_with_double_batch(tiny_dataset, tmp_path):
+def test_data_parallel_two_workers_equal_one_process_with_double_batch(tiny_dataset, trained_b0, tmp_path):
+    start = trained_b0 / "model.ckpt"
     settings = {**DETERMINISTIC, "iterations": 3, "batch_size": 1}
     single = tmp_path / "single"
-    result = run_train(single, tiny_dataset["train"], settings={**settings, "batch_size": 2})
+    result = run_train(single, tiny_dataset["train"], settings={**settings, "batch_size": 2},
+                       extra=["--pretrained", str(start)])
     assert result.returncode == 0, result.stderr
     parallel = tmp_path / "parallel"
-    result = run_train(parallel, tiny_dataset["train"], settings=settings,
+    result = run_train(parallel, tiny_dataset["train"], settings=settings, extra=["--pretrained", str(start)],
                        launcher_args=["--devices", "2", "--nodes", "1", "--log_dir", str(tmp_path / "msrun")])
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "global batch 2 = 2 devices x 1 per device" in result.stdout
-    assert_same_weights(single / "model.ckpt", parallel / "model.ckpt", atol=2e-5, rtol=1e-4)
-
-
-def test_grad_accumulation_equals_bigger_batch(tiny_dataset, tmp_path):
-    settings = {**DETERMINISTIC, "iterations": 3}
-    big = tmp_path / "big"
-    assert run_train(big, tiny_dataset["train"], settings={**settings, "batch_size": 2}).returncode == 0
-    accumulated = tmp_path / "accumulated"
-    result = run_train(accumulated, tiny_dataset["train"], settings={**settings, "batch_size": 1, "grad_accum": 2})
+    assert_same_updates(start, single / "model.ckpt", parallel / "model.ckpt", tolerance=1e-2)
+    # and the other way round: a run on different samples is far from both
+    other = tmp_path / "other"
+    result = run_train(other, tiny_dataset["train"], settings={**settings, "batch_size": 2, "seed": 1},
+                       extra=["--pretrained", str(start)])
     assert result.returncode == 0, result.stderr
-    # BatchNorm sees 1 image per micro-batch instead of 2, so only the BN-free backbone matches closely;
-    # the whole model must still be close.
-    wa, wb = weights(big / "model.ckpt"), weights(accumulated / "model.ckpt")
-    assert np.allclose(wa["backbone.patch_embed1.proj.weight"], wb["backbone.patch_embed1.proj.weight"], atol=1e-3)
+    with pytest.raises(AssertionError):
+        assert_same_updates(start, single / "model.ckpt", other / "model.ckpt", tolerance=1e-2)
+
+
+def test_grad_accumulation_equals_bigger_batch():
+    """Two micro-batches of 1 accumulated = one batch of 2, to fp32 rounding. The head's BatchNorm is
+    put on fixed statistics here: in training it sees 1 image per micro-batch instead of 2, which is
+    the documented difference of accumulation, not a defect of it."""
+    from segformer.engine.loss import SegCrossEntropyLoss
+    from segformer.engine.optim import AdamW, build_param_groups
+    from segformer.engine.train import AccumulateStep, NetWithLoss, TrainStep
+    from segformer.models import build_model
+
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+    rng = np.random.default_rng(0)
+    images = ms.Tensor(rng.standard_normal((2, 3, 64, 64)).astype(np.float32))
+    labels_np = rng.integers(0, 19, (2, 64, 64)).astype(np.int32)
+    labels_np[:, :8] = 255
+    labels = ms.Tensor(labels_np)
+
+    def run(mode: str):
+        """Weights after two steps: 'big' batch of 2, 'accumulate' 2 x 1, 'half' only the first image."""
+        ms.set_seed(0)
+        net = build_model("b0", drop_path_rate=0.0, head_dropout=0.0)
+        net.set_train(True)
+        net.decode_head.linear_fuse.bn.use_batch_statistics = False
+        optimizer = AdamW(build_param_groups(net, 1e-3, 0.01), 1e-3)
+        with_loss = NetWithLoss(net, SegCrossEntropyLoss())
+        if mode == "accumulate":
+            step = AccumulateStep(with_loss, optimizer, world_size=1, grad_accum=2)
+            for _ in range(2):
+                step.accumulate(images[:1], labels[:1])
+                step.accumulate(images[1:], labels[1:])
+                step.apply()
+        elif mode in ("big", "half"):
+            step = TrainStep(with_loss, optimizer, world_size=1)
+            batch = slice(0, 2 if mode == "big" else 1)
+            for _ in range(2):
+                step(images[batch], labels[batch])
+        return {name: p.asnumpy() for name, p in net.parameters_and_names()}
+
+    start, big, accumulated = run("start"), run("big"), run("accumulate")
+    # Adam steps every coordinate by about lr whatever its gradient, so coordinates whose gradient is
+    # near eps differ on fp32 summation order; the update as a whole must agree closely.
+    assert relative_update_difference(start, big, accumulated) < 1e-3
+    # a single micro-batch (half the data) is far off: the test can tell
+    assert relative_update_difference(start, big, run("half")) > 1e-1

@@ -70,14 +70,16 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s", stream=sys.stderr)
     args = parse_args(argv)
     if not find_polygons(args.data_root):
-        log.error("%s: no gtFine/*/*/*_gtFine_polygons.json found (is this a Cityscapes root?)", args.data_root / "gtFine")
+        log.error("%s: no gtFine/*/*/*_gtFine_polygons.json found (is this a Cityscapes root?)",
+                  args.data_root / "gtFine")
         return 1
     label_root = args.out_dir if args.out_dir is not None else args.data_root
     if args.manifest is not None:
         # A manifest from an earlier run must not survive a failed one: later stages trust it.
         args.manifest.unlink(missing_ok=True)
 
-    report = convert_dataset(args.data_root, args.out_dir, nproc=args.nproc, force=args.force, progress=False if args.quiet else None)
+    report = convert_dataset(args.data_root, args.out_dir, nproc=args.nproc, force=args.force,
+                             progress=False if args.quiet else None)
     pairs, pairing_errors = split_pairs(args.data_root, label_root)
     errors = report.errors + pairing_errors
     log.info("%s (labels under %s)", report.summary(), label_root / "gtFine")

@@ -276,7 +276,8 @@ def split_pairs(data_root: str | os.PathLike, label_root: str | os.PathLike) -> 
                 errors.append((image_path, f"file name is not CITY_SEQ_FRAME{IMAGE_SUFFIX}"))
         for frame, json_path in sorted(jsons.items()):
             if frame not in images:
-                errors.append((json_path, f"no image for this annotation (expected {image_path_for(data_root, split, frame)})"))
+                expected = image_path_for(data_root, split, frame)
+                errors.append((json_path, f"no image for this annotation (expected {expected})"))
         for frame, image_path in sorted(images.items()):
             if frame not in jsons:
                 expected = Path(data_root, "gtFine", split, frame.split("_")[0], frame + POLYGONS_SUFFIX)

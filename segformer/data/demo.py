@@ -44,7 +44,9 @@ log = logging.getLogger(__name__)
 
 MANIFEST_NAME = "demo_manifest.json"
 DEFAULT_CITIES = {"train": ("aachen", "bremen", "zurich"), "val": ("frankfurt", "lindau", "munster")}
-TRAIN_CLASSES = tuple(label.name for label in sorted(CITYSCAPES_LABELS, key=lambda l: l.trainId) if 0 <= label.trainId < 255)
+TRAIN_CLASSES = tuple(
+    label.name for label in sorted(CITYSCAPES_LABELS, key=lambda label: label.trainId) if 0 <= label.trainId < 255
+)
 # In every scene by construction; the other 15 are scheduled as "featured" classes.
 ALWAYS_PRESENT = ("road", "sidewalk", "building", "sky")
 FEATURED_CLASSES = tuple(name for name in TRAIN_CLASSES if name not in ALWAYS_PRESENT)
@@ -157,7 +159,8 @@ def background(rng, street):
             polygon = [(x0, yh + 3), (x0, top0), (x1, top1), (x1, yh + 3)]
             if rng.uniform() < 0.4:  # a gable or a roof box
                 xm = (x0 + x1) / 2
-                polygon = [(x0, yh + 3), (x0, top0), (xm, min(top0, top1) - abs(x1 - x0) * 0.15), (x1, top1), (x1, yh + 3)]
+                ridge = min(top0, top1) - abs(x1 - x0) * 0.15
+                polygon = [(x0, yh + 3), (x0, top0), (xm, ridge), (x1, top1), (x1, yh + 3)]
             objects.append(obj("building", polygon))
     if rng.uniform() < 0.3:  # a tree line on the horizon
         x = vx + W * rng.uniform(-0.2, 0.1)
@@ -363,7 +366,8 @@ def scene_objects(rng: np.random.Generator, width: int, height: int, featured=()
         objects += place(rng, street, kind)[1]
     if rng.uniform() < 0.3:  # an annotation the annotator deleted: in the json, drawn nowhere
         x, y = rng.uniform(0, width), rng.uniform(street.horizon, height)
-        objects.append(obj(str(rng.choice(TRAIN_CLASSES)), rect(x, y - height * 0.2, x + width * 0.15, y), deleted=True))
+        box = rect(x, y - height * 0.2, x + width * 0.15, y)
+        objects.append(obj(str(rng.choice(TRAIN_CLASSES)), box, deleted=True))
     e = height * rng.uniform(0.04, 0.08)  # the hood of the car carrying the camera
     objects.append(obj("ego vehicle", [(-5, height + 5), (-5, height - e), (width * 0.3, height - e * 1.4),
                                        (width * 0.7, height - e * 1.4), (width + 5, height - e), (width + 5, height + 5)]))
@@ -566,7 +570,8 @@ def make_frame(seed: int, split_index: int, image_index: int, width: int, height
         if wanted <= visible_train_classes(label_ids):
             break
     else:
-        raise RuntimeError(f"demo frame {split_index}/{image_index}: could not show {sorted(wanted)} at {width}x{height}; use a larger size")
+        raise RuntimeError(f"demo frame {split_index}/{image_index}: could not show {sorted(wanted)} "
+                           f"at {width}x{height}; use a larger size")
     instance_ids = np.asarray(createInstanceImage(annotation, "ids")).astype(np.uint16)
     image = render_image(rng, polygons["objects"], width, height)
     return polygons, label_ids, instance_ids, image
@@ -580,7 +585,8 @@ def check_cities(cities) -> dict[str, tuple[str, ...]]:
             raise ValueError(f"cities: no city given for split {split!r}")
         for name in names:
             if not name or "_" in name or "/" in name or name != name.strip():
-                raise ValueError(f"cities[{split!r}]: {name!r} is not a valid city name (no underscores, slashes or spaces)")
+                raise ValueError(f"cities[{split!r}]: {name!r} is not a valid city name "
+                                 "(no underscores, slashes or spaces)")
         cities[split] = names
     return cities
 
@@ -615,7 +621,8 @@ def move_into_place(built: Path, out_root: Path) -> None:
         shutil.rmtree(old)
 
 
-def generate_demo(out_root, *, seed=0, width=256, height=128, train_images=96, val_images=16, cities=None, force=False) -> dict:
+def generate_demo(out_root, *, seed=0, width=256, height=128, train_images=96, val_images=16, cities=None,
+                  force=False) -> dict:
     """Write the demo dataset to out_root (Cityscapes layout) and return its manifest (also saved as demo_manifest.json)."""
     out_root = Path(out_root)
     if width < 64 or height < 32:

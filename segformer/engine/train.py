@@ -175,7 +175,7 @@ class TrainLog:
     def open(self, start_iteration: int) -> None:
         """Start the file, or on resume drop the rows the resumed run will write again."""
         rows = self.rows() if (start_iteration > 0 and self.path.exists()) else []
-        rows = [row for row in rows if int(row["iteration"]) < start_iteration]
+        rows = [row for row in rows if int(row["iteration"]) <= start_iteration]  # rows count steps done
         self._write(rows)
 
     def rows(self) -> list[dict]:

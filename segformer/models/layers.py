@@ -128,8 +128,8 @@ class SpatialReductionConv(_ConvShapedParameters):
         channels = self.out_channels
         ratio = self.ratio
         if height < ratio or width < ratio:
-            raise ValueError(f"image too small for SegFormer: a {height}x{width} token map cannot be reduced "
-                             f"by the attention's {ratio}x{ratio} stride-{ratio} conv (inputs need at least 29x29 pixels)")
+            raise ValueError(f"image too small for SegFormer: a {height}x{width} token map cannot be reduced by "
+                             f"the attention's {ratio}x{ratio} stride-{ratio} conv (inputs need at least 29x29 pixels)")
         if self.use_matmul:
             out_height = height // ratio
             out_width = width // ratio
