@@ -10,14 +10,22 @@ from snakemake.utils import validate
 
 sys.path.insert(0, workflow.basedir)  # the segformer library, also when not pip-installed
 
-from segformer.settings import fill_defaults_and_validate, unknown_keys, variant_section
+from segformer.settings import (
+    coerce_command_line_strings,
+    fill_defaults_and_validate,
+
+    unknown_keys,
+    variant_section,
+)
 
 
 def validate_config(settings):
     """Every unknown key named at once (JSON Schema would stop at the first, without its path), then
     the schema itself (types, ranges, defaults), then each variant's merged training settings."""
     schema_path = Path(workflow.basedir) / "schemas" / "config.schema.yaml"
-    unknown = unknown_keys(settings, yaml.safe_load(schema_path.read_text()))
+    schema = yaml.safe_load(schema_path.read_text())
+    coerce_command_line_strings(settings, schema)
+    unknown = unknown_keys(settings, schema)
     if unknown:
         raise ValueError(
             f"unknown config key(s): {', '.join(unknown)} (see {schema_path} for the valid keys)"

@@ -35,6 +35,49 @@ def unknown_keys(settings, schema: dict, where: str = "config") -> list[str]:
     return unknown
 
 
+_TYPE_CHECKS = {
+    "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+    "boolean": lambda v: isinstance(v, bool),
+    "null": lambda v: v is None,
+}
+
+
+def _coerce(value, schema: dict):
+    if isinstance(value, dict):
+        properties = schema.get("properties", {})
+        extra = schema.get("additionalProperties")
+        for key, item in value.items():
+            sub = properties.get(key, extra if isinstance(extra, dict) else {})
+            value[key] = _coerce(item, sub)
+        return value
+    if isinstance(value, list):
+        return [_coerce(item, schema.get("items", {})) for item in value]
+    if isinstance(value, str) and value.strip():
+        wanted = schema.get("type", [])
+        wanted = [wanted] if isinstance(wanted, str) else wanted
+        if "string" not in wanted:
+            parsed = yaml.safe_load(value)
+            if any(_TYPE_CHECKS[t](parsed) for t in wanted if t in _TYPE_CHECKS):
+                return parsed
+    return value
+
+
+def coerce_command_line_strings(config: dict, schema: dict) -> dict:
+    """Give command-line values their schema types, in place; returns `config`.
+
+    `snakemake --config 'demo={seed: 1}'` parses nested values with YAML's BaseLoader, so every
+    nested scalar arrives as a string ('1'); a string where the schema wants a number, a boolean or
+    null is read as YAML and kept if it then has that type. overrides.<variant>.train follows the
+    schema of `train`.
+    """
+    _coerce(config, schema)
+    for override in (config.get("overrides") or {}).values():
+        if isinstance(override, dict) and isinstance(override.get("train"), dict):
+            _coerce(override["train"], schema["properties"]["train"])
+    return config
+
+
 def deep_merge(base: dict, override: dict) -> dict:
     """A copy of `base` with `override` merged in, nested mappings merged key by key."""
     merged = copy.deepcopy(base)
@@ -51,6 +94,7 @@ def fill_defaults_and_validate(config: dict, source: str = "config") -> dict:
     import jsonschema
 
     schema = load_schema()
+    config = coerce_command_line_strings(copy.deepcopy(config), schema)
     unknown = unknown_keys(config, schema)
     if unknown:
         raise ValueError(f"{source}: unknown config key(s): {', '.join(unknown)} (valid keys: {SCHEMA_PATH})")
@@ -64,7 +108,6 @@ def fill_defaults_and_validate(config: dict, source: str = "config") -> dict:
         yield from validate_properties(validator, properties, instance, subschema)
 
     filling = jsonschema.validators.extend(validator_class, {"properties": set_defaults})
-    config = copy.deepcopy(config)
     errors = sorted(filling(schema).iter_errors(config), key=lambda e: list(e.absolute_path))
     if errors:
         raise ValueError(f"{source}: " + "; ".join(

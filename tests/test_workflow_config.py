@@ -54,3 +54,36 @@ def test_dry_run_of_the_demo_plans_every_stage():
     assert result.returncode == 0, result.stdout + result.stderr
     for rule in ("demo_dataset", "convert_labels", "train"):
         assert rule in result.stdout
+
+
+def test_cityscapes_preset_is_the_official_recipe():
+    from segformer.settings import load_config
+
+    config = load_config([ROOT / "config.yaml", ROOT / "configs/cityscapes.yaml"])
+    train = config["train"]
+    assert config["variants"] == ["b0", "b1", "b2", "b3", "b4", "b5"]
+    assert config["devices"] * train["batch_size"] * train["grad_accum"] == 8, "official global batch is 8"
+    assert (train["iterations"], train["crop_size"], train["base_scale"]) == (160000, [1024, 1024], [2048, 1024])
+    assert train["optimizer"] == {"lr": 6e-5, "betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 0.01,
+                                  "head_lr_mult": 10.0, "norm_decay_mult": 0.0}
+    assert train["schedule"] == {"power": 1.0, "min_lr": 0.0, "warmup": "linear", "warmup_iters": 1500,
+                                 "warmup_ratio": 1e-6}
+    assert train["loss"] == {"ignore_index": 255, "avg_non_ignore": False, "loss_weight": 1.0}
+    assert train["model"] == {"drop_path_rate": 0.1, "head_dropout": 0.1}
+    assert config["precision"] == "fp32"
+
+
+def test_one_variant_override_changes_only_that_variant():
+    result = snakemake("-n", "--forceall", "-p", "--config", "variants=[b0,b1]",
+                       "overrides={b1: {train: {iterations: 7}}}")
+    assert result.returncode == 0, result.stdout + result.stderr
+    commands = [line for line in result.stdout.splitlines() if "launch_train.py" in line]
+    b0 = next(c for c in commands if "--variant b0" in c)
+    b1 = next(c for c in commands if "--variant b1" in c)
+    assert '"iterations": 7' in b1 and '"iterations": 7' not in b0
+
+
+def test_bad_override_is_named():
+    result = snakemake("-n", "--config", "overrides={b1: {train: {iterations: -3}}}")
+    assert result.returncode != 0
+    assert "overrides.b1" in result.stdout + result.stderr
