@@ -14,6 +14,7 @@ include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/weights.smk"
 include: "rules/train.smk"
+include: "rules/evaluate.smk"
 
 
 rule all:

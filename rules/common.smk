@@ -108,7 +108,7 @@ def train_settings(variant):
 
 
 def final_outputs():
-    return [f"{RESULTS}/{v}/model.ckpt" for v in config["variants"]]
+    return [f"{RESULTS}/{v}/miou.csv" for v in config["variants"]]
 
 
 # Light bookkeeping runs where Snakemake runs, not as cluster jobs.

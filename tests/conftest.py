@@ -6,6 +6,7 @@ uses b0, tiny images and few iterations, and shares the one model trained here.
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -26,6 +27,24 @@ TINY_TRAIN = {
     "log_interval": 2, "checkpoint_interval": 0, "num_workers": 1,
     "schedule": {"warmup_iters": 2},
 }
+
+
+def working_tree_files() -> list[str]:
+    """Tracked and untracked-but-not-ignored files: what a clone plus local edits would hold."""
+    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+                            cwd=ROOT, capture_output=True, text=True, check=True)
+    return [name for name in listed.stdout.splitlines() if (ROOT / name).is_file()]
+
+
+def copy_working_tree(dest: Path) -> Path:
+    """A copy of the workflow (without tests/ and benchmarks/) to run Snakemake in, leaving the
+    repository's own results/ alone."""
+    for name in working_tree_files():
+        if name.startswith(("tests/", "benchmarks/")):
+            continue
+        (dest / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / name, dest / name)
+    return dest
 
 
 @pytest.fixture(scope="session")
@@ -64,6 +83,6 @@ def run_train(out_dir, train_list, val_list=None, *, settings=None, extra=(), la
 def trained_b0(tiny_dataset, tmp_path_factory):
     """One tiny b0 trained once for every test that needs a model: its output folder."""
     out_dir = tmp_path_factory.mktemp("trained_b0")
-    result = run_train(out_dir, tiny_dataset["train"], tiny_dataset["val"])
+    result = run_train(out_dir, tiny_dataset["train"], tiny_dataset["val"], settings={"eval_interval": 6})
     assert result.returncode == 0, result.stdout + result.stderr
     return out_dir

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import copy_working_tree
+
 REPO = Path(__file__).resolve().parents[1]
 CLUSTER_SCRIPT = REPO / "scripts" / "slurm_cluster.sh"
 SNAKEMAKE_TIMEOUT_S = 300
@@ -57,22 +59,6 @@ def slurm_cluster():
     if not was_running:
         stopped = cluster_command("stop", env)
         assert stopped.returncode == 0, f"{CLUSTER_SCRIPT} stop failed:\n{stopped.stderr}"
-
-
-def working_tree_files() -> list[str]:
-    """Tracked and untracked-but-not-ignored files: what a clone plus local edits would hold."""
-    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"],
-                            cwd=REPO, capture_output=True, text=True, check=True)
-    return [name for name in listed.stdout.splitlines() if (REPO / name).is_file()]
-
-
-def copy_working_tree(dest: Path) -> Path:
-    for name in working_tree_files():
-        if name.startswith(("tests/", "benchmarks/")):
-            continue
-        (dest / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(REPO / name, dest / name)
-    return dest
 
 
 def run_snakemake(workdir: Path, args: list[str], env: dict) -> tuple[int, str]:

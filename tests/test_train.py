@@ -48,6 +48,9 @@ def test_training_writes_model_log_and_curve_and_loss_falls(trained_b0):
     assert not (trained_b0 / "train_state").exists(), "the state folder is removed once the model is written"
     names = set(weights(trained_b0 / "model.ckpt"))
     assert "decode_head.linear_fuse.bn.moving_mean" in names
+    assert all(name.startswith(("backbone.", "decode_head.")) for name in names), "evaluation renamed parameters"
+    assert set(weights(trained_b0 / "best_model.ckpt")) == names
+    assert log["val_mIoU"].notna().sum() == 2, "evaluated at iterations 6 and 12"
     assert not any(name.startswith("adamw_") for name in names), "model.ckpt holds weights only"
 
 

@@ -25,7 +25,7 @@ class WholeInference(nn.Cell):
     """image [1, 3, h, w] -> class logits at the label size [1, C, H, W] (eval mode, whole image)."""
 
     def __init__(self, net: nn.Cell):
-        super().__init__()
+        super().__init__(auto_prefix=False)  # keep the model's parameter names (a prefix would rename them)
         self.net = net
 
     def construct(self, image, label_height: int, label_width: int):
