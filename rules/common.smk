@@ -107,6 +107,14 @@ def train_settings(variant):
     return variant_section(config, "train", variant)
 
 
+def per_node_prefix():
+    """Several nodes: srun starts one launcher per node of the SLURM job (which reads its node rank
+    and the master address from SLURM); one node: the launcher runs directly."""
+    if config["nodes"] == 1:
+        return ""
+    return f"srun --nodes={config['nodes']} --ntasks-per-node=1 --kill-on-bad-exit=1 "
+
+
 def final_outputs():
     return [f"{RESULTS}/{v}/miou.csv" for v in config["variants"]]
 

@@ -14,6 +14,7 @@ rule train:
         f"{RESULTS}/logs/train_{{variant}}.log",
     params:
         launcher=script("launch_train.py"),
+        per_node=lambda wildcards: per_node_prefix(),
         settings=lambda wildcards: json.dumps(train_settings(wildcards.variant), sort_keys=True),
         pretrained=lambda wildcards, input: f"--pretrained {input.pretrained}" if "pretrained" in input.keys() else "",
         devices=config["devices"],
@@ -25,10 +26,13 @@ rule train:
     wildcard_constraints:
         variant="b[0-5]",
     threads: max(1, config["devices"]) * 2
+    resources:
+        nodes=config["nodes"],
+        tasks=config["nodes"],  # one launcher per node; each starts its node's msrun workers
     conda:
         "../envs/segformer.yaml"
     shell:
-        "python {params.launcher} --devices {params.devices} --nodes {params.nodes}"
+        "{params.per_node}python {params.launcher} --devices {params.devices} --nodes {params.nodes}"
         " --log_dir {params.msrun_dir} --"
         " --variant {wildcards.variant} --settings {params.settings:q}"
         " --train_list {input.train_list} --val_list {input.val_list} {params.pretrained}"

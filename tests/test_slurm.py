@@ -90,21 +90,30 @@ def completed_jobs(jobcomp_text: str) -> dict[str, str]:
     return records
 
 
-def test_data_stage_runs_as_slurm_jobs(slurm_cluster, tmp_path):
+TINY_TRAIN = {"iterations": 2, "batch_size": 1, "crop_size": [64, 64], "base_scale": [64, 32], "log_interval": 1,
+              "checkpoint_interval": 0, "num_workers": 1, "schedule": {"warmup_iters": 1}}
+
+
+def test_one_variant_chain_runs_as_slurm_jobs_with_data_parallel_training(slurm_cluster, tmp_path):
+    """demo -> labels -> training on 2 msrun workers inside one SLURM job -> evaluation."""
     workdir = copy_working_tree(tmp_path / "workflow")
-    (workdir / "tiny.yaml").write_text(json.dumps({"demo": TINY_DEMO, "labels": {"nproc": 2}}))
+    (workdir / "tiny.yaml").write_text(json.dumps({"demo": TINY_DEMO, "labels": {"nproc": 2},
+                                                   "devices": 2, "train": TINY_TRAIN}))
     env = {**slurm_cluster.env, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     jobcomp_offset = slurm_cluster.jobcomp_log.stat().st_size if slurm_cluster.jobcomp_log.exists() else 0
 
     returncode, log = run_snakemake(
-        workdir, ["--profile", "profiles/slurm-test", "results/data/manifest.json",
+        workdir, ["--profile", "profiles/slurm-test", "results/b0/miou.csv",
                   "--configfile", "tiny.yaml"], env)
     assert returncode == 0, f"snakemake failed (exit {returncode}):\n{log[-6000:]}"
 
     # Which rules went through SLURM, by the plugin's report and the per-rule SLURM log folder.
     submitted = {job_id: Path(slurm_log) for job_id, slurm_log in SUBMITTED.findall(log)}
-    rules = {path.parent.name.removeprefix("rule_"): job_id for job_id, path in submitted.items()}
-    assert "convert_labels" in rules, f"convert_labels was not submitted to SLURM:\n{log[-4000:]}"
+    # .snakemake/slurm_logs/rule_NAME[/WILDCARDS]/JOBID.log
+    rules = {next(part for part in path.parts if part.startswith("rule_")).removeprefix("rule_"): job_id
+             for job_id, path in submitted.items()}
+    for rule in ("convert_labels", "train", "evaluate"):
+        assert rule in rules, f"{rule} was not submitted to SLURM:\n{log[-4000:]}"
     assert "demo_dataset" in rules or "localrule demo_dataset:" in log, log[-4000:]
 
     # SLURM's own record: every submitted job ended COMPLETED with exit code 0, and its SLURM log
@@ -127,3 +136,8 @@ def test_data_stage_runs_as_slurm_jobs(slurm_cluster, tmp_path):
     assert all(line.strip() for line in train_lines + val_lines)
     manifest = (data / "manifest.json").read_text()
     assert manifest.strip().startswith("{") and len(manifest) > 20, manifest
+    train_log = (workdir / "results/logs/train_b0.log").read_text()
+    assert "msrun --worker_num=2 --local_worker_num=2" in train_log, train_log[-3000:]
+    assert "global batch 2 = 2 devices x 1 per device" in train_log, train_log[-3000:]
+    assert (workdir / "results/b0/model.ckpt").stat().st_size > 1_000_000
+    assert (workdir / "results/b0/miou.csv").read_text().startswith("variant,mIoU,aAcc,mAcc,road,")

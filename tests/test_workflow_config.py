@@ -87,3 +87,23 @@ def test_bad_override_is_named():
     result = snakemake("-n", "--config", "overrides={b1: {train: {iterations: -3}}}")
     assert result.returncode != 0
     assert "overrides.b1" in result.stdout + result.stderr
+
+
+def test_a_two_node_training_is_one_srun_of_one_launcher_per_node():
+    result = snakemake("-n", "--forceall", "-p", "results/b0/model.ckpt", "--config", "nodes=2", "devices=8")
+    assert result.returncode == 0, result.stdout + result.stderr
+    command = next(line for line in result.stdout.splitlines() if "launch_train.py" in line)
+    assert "srun --nodes=2 --ntasks-per-node=1" in command and "--devices 8 --nodes 2" in command
+
+
+def test_msrun_command_for_the_second_node_of_two():
+    from segformer.engine.launch import master_port, train_command
+
+    command = train_command("train.py", ["--variant", "b0"], devices=8, nodes=2, log_dir="results/b0/msrun",
+                            job_key="/abs/results/b0/msrun", node_rank=1, master_addr="node001")
+    assert command[0] == "msrun" and command[-3:] == ["train.py", "--variant", "b0"]
+    assert {"--worker_num=16", "--local_worker_num=8", "--node_rank=1", "--master_addr=node001",
+            f"--master_port={master_port('/abs/results/b0/msrun')}", "--join=True"} <= set(command)
+    assert master_port("/abs/results/b0/msrun") != master_port("/abs/results/b1/msrun")
+    single = train_command("train.py", [], devices=1, nodes=1, log_dir="x", job_key="x")
+    assert "msrun" not in single[0] and single[-1] == "train.py"
