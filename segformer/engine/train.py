@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import logging
 import math
 import os
@@ -81,6 +82,11 @@ class NetWithLoss(nn.Cell):
         return self.loss_fn(self.net(image), label)
 
 
+def gradient_reducer(weights, world_size: int):
+    """Averages gradients over the data-parallel devices (the identity on one device)."""
+    return nn.DistributedGradReducer(weights, mean=True, degree=world_size) if world_size > 1 else ops.identity
+
+
 class TrainStep(nn.Cell):
     """One optimizer step: loss, gradients (averaged over devices), AdamW update. Returns the loss."""
 
@@ -90,8 +96,7 @@ class TrainStep(nn.Cell):
         self.optimizer = optimizer
         self.weights = optimizer.parameters
         self.grad = ops.GradOperation(get_by_list=True)
-        self.reduce = (nn.DistributedGradReducer(self.weights, mean=True, degree=world_size)
-                       if world_size > 1 else ops.identity)
+        self.reduce = gradient_reducer(self.weights, world_size)
 
     def construct(self, image, label):
         loss = self.net_with_loss(image, label)
@@ -115,8 +120,7 @@ class AccumulateStep(nn.Cell):
         self.scale = 1.0 / grad_accum
         self.grad = ops.GradOperation(get_by_list=True)
         self.hyper_map = ops.HyperMap()
-        self.reduce = (nn.DistributedGradReducer(self.weights, mean=True, degree=world_size)
-                       if world_size > 1 else ops.identity)
+        self.reduce = gradient_reducer(self.weights, world_size)
 
     def accumulate(self, image, label):
         loss = self.net_with_loss(image, label)
@@ -369,8 +373,6 @@ def _wait_for_state(state: StateDir, timeout_s: float = 600.0):
         if time.time() > deadline:
             raise TimeoutError(f"{state.path}: rank 0 did not prepare the state folder within {timeout_s:.0f} s")
         time.sleep(0.5)
-    import json
-
     if json.loads(state.stamp_file.read_text()).get("hash") != state.hash:
         raise RuntimeError(f"{state.path}: settings hash differs between ranks")
     checkpoints = state.checkpoints()
