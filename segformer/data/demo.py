@@ -7,11 +7,13 @@ street in perspective: sky, buildings, road and sidewalks meeting at a vanishing
 trees, walls, fences, poles with traffic lights and signs, vehicles, persons and riders, plus group
 labels (cargroup, persongroup, bicyclegroup), void labels (ego vehicle, static, dynamic, ground,
 parking, rail track, guard rail, polegroup), license plates and deleted objects. Each object gets a
-colour from its class's palette with per-object variation and a class texture (windows, tiles,
-foliage, ...), and the frame gets a lighting gradient, shading noise, blur and sensor noise: a model
-must use shape and context, not a colour lookup. Every train class appears in every split: each
-frame features a rotating share of the 15 classes that are not in every scene, and a frame whose
-features ended up hidden is drawn again from the next random state.
+colour from its class's own colour family (little overlap between classes) with per-object variation
+and a class texture (windows, tiles, foliage, ...), and the frame gets a mild lighting gradient,
+shading noise, blur and sensor noise. The scenes are dense and the small classes (poles, lights,
+signs, persons, two-wheelers) large enough for SegFormer's 1/4-resolution output, so that a b0
+trained from scratch for 300 iterations learns all 19 classes (val mIoU about 0.59). Every train
+class appears in every split: each frame features a rotating share of the 15 classes that are not
+in every scene, and a frame whose features ended up hidden is drawn again from the next random state.
 
 Everything follows from the seed (frame by frame, so more frames keep the first ones unchanged); the
 dataset is built in a temporary sibling folder and renamed into place at the end.
@@ -249,13 +251,27 @@ def place_two_wheeler(rng, street, kind):
 
 
 def place_pole(rng, street, kind):
-    """A pole, carrying a traffic light and/or a sign (always the one `kind` names)."""
+    """A row of one to three street poles along a sidewalk, in perspective; the nearest one carries
+    what `kind` names (a traffic light and/or a sign), the others a light or a sign by chance."""
     x, y, d = ground_point(rng, street, sidewalk_strip(rng, street), (0.5, 0.95))
+    bottom_x = street.vx + (x - street.vx) / d  # the line from the vanishing point through the foot point
+    out = []
+    for i in reversed(range(rng.integers(1, 4))):  # far to near
+        depth = d * 0.7 ** i
+        if depth < 0.25:
+            continue
+        row = street.horizon + depth * (street.height - street.horizon)
+        out += one_pole(rng, street, street.x_on(bottom_x, row), row, depth, kind if i == 0 else "")
+    return y, out
+
+
+def one_pole(rng, street, x, y, d, kind):
+    """A pole standing at (x, y) at depth d, with a traffic light and/or a sign."""
     h = max(16 * street.width / 256, d * street.height * rng.uniform(0.6, 0.9))
     # Thick enough (>= 5 px) to survive the training's downscaling and SegFormer's 1/4-resolution output.
     pw = max(5.0, d * street.width * 0.028)
     out = [obj("pole", rect(x - pw / 2, y - h, x + pw / 2, y))]
-    if kind == "traffic light" or (kind == "pole" and rng.uniform() < 0.5):
+    if kind == "traffic light" or (kind != "traffic sign" and rng.uniform() < 0.45):
         lw = max(9.0, d * street.width * 0.06)
         out.append(obj("traffic light", rect(x - lw / 2, y - h - lw * 2.6, x + lw / 2, y - h + 1)))
     if kind == "traffic sign" or rng.uniform() < 0.5:
@@ -265,7 +281,7 @@ def place_pole(rng, street, kind):
         polygon = (ellipse(x, cy, r, r, 12) if shape == 0 else
                    [(x - r, cy - r), (x + r, cy - r), (x, cy + r)] if shape == 1 else rect(x - r, cy - r, x + r, cy + r))
         out.append(obj("traffic sign", polygon))
-    return y, out
+    return out
 
 
 def place_polegroup(rng, street, kind):
@@ -351,8 +367,9 @@ def place(rng, street, kind):
     return PLACERS[kind](rng, street, kind)
 
 
-# Featured classes in drawing order: big vehicles at the back, thin and small things in front.
-FEATURED_ORDER = ("train", "bus", "truck", "car", "wall", "terrain", "fence", "vegetation", "motorcycle", "bicycle",
+# Featured classes in drawing order: the street's edges (walls, verges, fences, trees) at the back,
+# then big vehicles, thin and small things in front.
+FEATURED_ORDER = ("wall", "terrain", "fence", "vegetation", "train", "bus", "truck", "car", "motorcycle", "bicycle",
                   "rider", "person", "pole", "traffic light", "traffic sign")
 EXTRA_KINDS = ("car", "car", "person", "person", "pole", "traffic light", "tree", "traffic sign", "traffic sign",
                "bicycle", "rider", "static", "fence", "hedge", "terrain", "wall", "cargroup", "persongroup",
@@ -363,7 +380,7 @@ def scene_objects(rng: np.random.Generator, width: int, height: int, featured=()
     """One street scene as Cityscapes json objects in drawing order, with one instance of each `featured` class."""
     street = Street(rng, width, height)
     objects = background(rng, street)
-    kinds = [str(kind) for kind in rng.choice(EXTRA_KINDS, size=rng.integers(6, 12))]
+    kinds = [str(kind) for kind in rng.choice(EXTRA_KINDS, size=rng.integers(8, 16))]
     placed = [place(rng, street, kind) for kind in kinds]
     # Painter's order: far (small foot row) first. Featured classes go last, largest first, so
     # that little hides them (make_frame checks and redraws the scene if something still does).
@@ -387,30 +404,30 @@ def scene_objects(rng: np.random.Generator, width: int, height: int, featured=()
 
 # One colour family per train class, chosen so that classes stay apart even under the training's
 # hue, saturation and brightness jitter (cars blue, city buses green, trams red, trucks white,
-# pedestrians in pink/magenta, riders in high-vis orange, yellow signs, silver poles, black
-# traffic-light housings, violet motorcycles, cyan bicycles): a b0 trained from scratch for a few
+# pedestrians in purple, riders in high-vis orange, yellow signs, silver poles, black
+# traffic-light housings, pink motorcycles, cyan bicycles): a b0 trained from scratch for a few
 # hundred iterations learns every class, small ones included, while texture, lighting and noise
 # keep it a photo.
 PALETTES = {
     "sky": [(120, 170, 225), (150, 190, 232), (172, 196, 226)],
     "road": [(84, 84, 88), (94, 92, 90), (74, 76, 82)],
     "sidewalk": [(172, 150, 152), (160, 146, 150), (182, 160, 150)],
-    "building": [(168, 128, 96), (196, 170, 130), (140, 100, 78), (206, 186, 150), (150, 116, 90), (184, 150, 110)],
-    "wall": [(132, 144, 136), (124, 136, 130), (142, 152, 144)],
+    "building": [(196, 182, 164), (212, 202, 186), (178, 164, 150), (190, 178, 172), (164, 152, 140), (204, 194, 178)],
+    "wall": [(120, 124, 132), (112, 116, 126), (128, 132, 138)],
     "fence": [(110, 74, 40), (96, 64, 36), (124, 84, 46)],
     "pole": [(188, 192, 204), (176, 182, 194), (198, 200, 208)],
     "traffic light": [(24, 24, 22), (30, 30, 28)],
     "traffic sign": [(248, 204, 24), (240, 196, 16), (252, 214, 40)],
     "vegetation": [(50, 104, 36), (62, 118, 44), (42, 90, 32)],
-    "terrain": [(150, 170, 70), (160, 176, 80), (142, 162, 64)],
-    "person": [(214, 52, 130), (190, 40, 150), (226, 80, 150), (176, 36, 120)],
+    "terrain": [(150, 170, 66), (160, 178, 76), (142, 160, 60)],
+    "person": [(150, 52, 190), (134, 44, 172), (166, 72, 204), (120, 40, 160)],
     "rider": [(246, 128, 20), (240, 110, 24), (250, 146, 36)],
-    "car": [(36, 60, 150), (64, 104, 188), (40, 80, 170), (90, 124, 196)],
+    "car": [(48, 84, 196), (72, 116, 214), (40, 74, 180), (96, 136, 220)],
     "truck": [(232, 232, 226), (218, 222, 226), (236, 230, 214)],
     "bus": [(40, 150, 70), (30, 138, 60), (56, 162, 84)],
     "train": [(196, 32, 40), (176, 26, 34), (210, 48, 52)],
-    "motorcycle": [(96, 48, 160), (84, 40, 140), (110, 60, 176)],
-    "bicycle": [(20, 150, 172), (16, 136, 160), (36, 166, 186)],
+    "motorcycle": [(222, 44, 150), (200, 36, 136), (232, 70, 166)],
+    "bicycle": [(20, 160, 140), (16, 146, 128), (36, 174, 152)],
     "ego vehicle": [(26, 26, 32), (42, 42, 52)],
     "license plate": [(236, 236, 230), (232, 202, 42)],
     "static": [(122, 102, 82), (102, 102, 102)],
@@ -484,7 +501,7 @@ def pattern_shade(rng, pattern, u, v, xs, ys, colour):
     elif pattern == "vehicle":
         glass = (v > 0.08) & (v < 0.42) & (u > 0.15) & (u < 0.85)
         wheels = (v > 0.82) & ((u < 0.25) | (u > 0.75))
-        shade = np.where(glass, 0.35, np.where(wheels, 0.2, 1.0))
+        shade = np.where(glass, 0.55, np.where(wheels, 0.3, 1.0))
     elif pattern == "window_row":
         n = rng.integers(4, 10)
         win = (v > 0.15) & (v < 0.5) & ((u * n) % 1 > 0.15) & ((u * n) % 1 < 0.85)
