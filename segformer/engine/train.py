@@ -9,8 +9,14 @@ overrides; official values in schemas/config.schema.yaml):
     iterations, batch_size (per device), grad_accum, seed, num_classes, crop_size [h, w],
     base_scale [W, H], ratio_range, cat_max_ratio, flip_prob, photometric, num_workers,
     log_interval, checkpoint_interval, keep_checkpoints, eval_interval,
-    model: {drop_path_rate, head_dropout}, optimizer: {...}, schedule: {...}, loss: {...}
+    model: {drop_path_rate, head_dropout}, optimizer: {...}, schedule: {...}, loss: {...},
+    loss_scale: {init, factor, window} (only read with precision "mixed")
 Global batch = devices x batch_size x grad_accum (official: 8 x 1 x 1).
+
+precision "fp32" is the official recipe. "mixed" (opt-in, a departure from it) computes in float16
+(MindSpore amp O2) with LayerNorm/BatchNorm, the attention softmax and the loss in float32, and
+dynamic loss scaling: overflowed steps are skipped (the iteration still counts, as with mmcv/apex)
+and logged in the `overflow` column, next to the scale in `loss_scale`.
 """
 
 from __future__ import annotations
@@ -105,6 +111,47 @@ class TrainStep(nn.Cell):
         return loss
 
 
+@dataclass
+class DynamicLossScale:
+    """Loss scale as torch GradScaler / MindSpore DynamicLossScaleManager: divide by `factor` on an
+    overflowed step (not below `min_scale`), multiply by it after `window` consecutive good steps."""
+
+    scale: float = 65536.0
+    factor: float = 2.0
+    window: int = 1000
+    good_steps: int = 0
+    min_scale: float = 1.0
+
+    @classmethod
+    def from_config(cls, config: dict | None) -> "DynamicLossScale":
+        config = dict(config or {})
+        unknown = set(config) - {"init", "factor", "window"}
+        if unknown:
+            raise ValueError(f"train.loss_scale: unknown keys {sorted(unknown)} (expected init, factor, window)")
+        scaler = cls(scale=float(config.get("init", 65536.0)), factor=float(config.get("factor", 2.0)),
+                     window=int(config.get("window", 1000)))
+        if not (scaler.scale >= scaler.min_scale and scaler.factor > 1.0 and scaler.window >= 1):
+            raise ValueError(f"train.loss_scale: need init >= 1, factor > 1, window >= 1; got {config}")
+        return scaler
+
+    def update(self, finite: bool) -> None:
+        if finite:
+            self.good_steps += 1
+            if self.good_steps >= self.window:
+                self.scale *= self.factor
+                self.good_steps = 0
+        else:
+            self.scale = max(self.scale / self.factor, self.min_scale)
+            self.good_steps = 0
+
+
+class AllFinite(nn.Cell):
+    """True when every tensor of a tuple is finite (one compiled check instead of one per tensor)."""
+
+    def construct(self, tensors):
+        return ms.amp.all_finite(tensors)
+
+
 class AccumulateStep(nn.Cell):
     """Gradient accumulation: `accumulate` adds one micro-batch's gradients, `apply` steps on their mean.
 
@@ -133,6 +180,39 @@ class AccumulateStep(nn.Cell):
         self.optimizer(self.reduce(grads))
         self.hyper_map(ops.assign, self.sums, self.hyper_map(ops.zeros_like, self.sums))
         return True
+
+
+class LossScaledAccumulateStep(AccumulateStep):
+    """AccumulateStep with a loss scale (precision "mixed", also for grad_accum 1).
+
+    `accumulate(image, label, loss_scale)` adds the gradients of loss * loss_scale (the scale enters as
+    the backward pass's sensitivity, so float16 gradients stay representable); `apply_if_finite(
+    loss_scale)` averages the sums over devices, then steps on sums / (grad_accum * loss_scale) if all
+    are finite, else skips the update. Either way the sums are cleared. Returns whether it stepped.
+    """
+
+    def __init__(self, net_with_loss: NetWithLoss, optimizer: AdamW, world_size: int, grad_accum: int):
+        super().__init__(net_with_loss, optimizer, world_size, grad_accum)
+        self.grad_scaled = ops.GradOperation(get_by_list=True, sens_param=True)
+        self.all_finite = AllFinite()
+
+    def accumulate(self, image, label, loss_scale):
+        loss = self.net_with_loss(image, label)
+        sens = ops.cast(loss_scale, loss.dtype)
+        grads = self.grad_scaled(self.net_with_loss, self.weights)(image, label, sens)
+        self.hyper_map(ops.assign_add, self.sums, grads)
+        return loss
+
+    def apply_if_finite(self, loss_scale: float) -> bool:
+        # unscaled and averaged over devices before the check, so every device sees the same verdict
+        # (unscaling and the all-reduce keep an inf or NaN what it is)
+        grads = self.reduce(self.hyper_map(ops.partial(ops.mul, self.scale / loss_scale), self.sums))
+        # mutable: the gradients are graph inputs, not constants (else a recompile every step)
+        finite = bool(self.all_finite(ms.mutable(tuple(grads))).asnumpy())
+        if finite:
+            self.optimizer(grads)
+        self.hyper_map(ops.assign, self.sums, self.hyper_map(ops.zeros_like, self.sums))
+        return finite
 
 
 def load_pretrained(net: nn.Cell, path: str | os.PathLike) -> str:
@@ -237,8 +317,9 @@ def train(settings: dict, *, variant: str, train_list: str, val_list: str | None
 
     Returns a summary dict (iterations, wall time, last loss, best val mIoU if evaluated).
     """
-    if precision != "fp32":
-        raise NotImplementedError(f"precision={precision!r}: only fp32 (the official recipe) is implemented so far")
+    if precision not in ("fp32", "mixed"):
+        raise ValueError(f"precision={precision!r}: expected 'fp32' (the official recipe) or 'mixed'")
+    mixed = precision == "mixed"
     ms.set_device(device)
     ms.set_context(mode=ms.GRAPH_MODE)
     dist = init_distributed()
@@ -263,7 +344,11 @@ def train(settings: dict, *, variant: str, train_list: str, val_list: str | None
     optimizer, groups = build_optimizer(net, settings)
     schedule = PolySchedule.from_config(settings["optimizer"]["lr"], iterations, settings["schedule"])
     loss_fn = SegCrossEntropyLoss(**settings["loss"])
-    net_with_loss = NetWithLoss(net, loss_fn)
+    # O2: float16 everywhere except amp's black list (LayerNorm, BatchNorm); the layers cast their
+    # directly used weights to the activations' dtype, the attention softmax and the loss run in float32.
+    # The cells are converted in place, so evaluation during training runs in mixed precision too.
+    net_with_loss = NetWithLoss(ms.amp.auto_mixed_precision(net, "O2") if mixed else net, loss_fn)
+    scaler = DynamicLossScale.from_config(settings.get("loss_scale")) if mixed else None
 
     state = StateDir(state_dir, {"variant": variant, "settings": settings, "pretrained": pretrained,
                                  "world_size": dist.world_size, "device": device, "precision": precision},
@@ -275,6 +360,9 @@ def train(settings: dict, *, variant: str, train_list: str, val_list: str | None
         start_iteration = int(saved["iteration"].asnumpy())
         ms.load_param_into_net(net, {k: v for k, v in saved.items() if not k.startswith("adamw_")})
         optimizer.load_state(saved)
+        if scaler is not None and "loss_scale" in saved:
+            scaler.scale = float(saved["loss_scale"].asnumpy())
+            scaler.good_steps = int(saved["loss_scale_good_steps"].asnumpy())
     header = [f"SegFormer-{variant}, {precision}, device {device} x {dist.world_size}",
               start_note,
               f"global batch {global_batch} = {dist.world_size} devices x {batch_size} per device x {grad_accum} "
@@ -298,7 +386,9 @@ def train(settings: dict, *, variant: str, train_list: str, val_list: str | None
         ignore_index=settings["loss"]["ignore_index"])
     batches = data.create_tuple_iterator(num_epochs=1)
 
-    if grad_accum == 1:
+    if mixed:
+        step = LossScaledAccumulateStep(net_with_loss, optimizer, dist.world_size, grad_accum)
+    elif grad_accum == 1:
         step = TrainStep(net_with_loss, optimizer, dist.world_size)
     else:
         step = AccumulateStep(net_with_loss, optimizer, dist.world_size, grad_accum)
@@ -311,7 +401,21 @@ def train(settings: dict, *, variant: str, train_list: str, val_list: str | None
     for iteration in range(start_iteration, iterations):
         optimizer.set_lr(schedule(iteration))
         step_start = time.perf_counter()
-        if grad_accum == 1:
+        loss_scale, overflow = 1.0, 0
+        if mixed:
+            loss_scale = scaler.scale
+            scale_tensor = ms.Tensor(loss_scale, ms.float32)
+            losses = [float(step.accumulate(*next(batches), scale_tensor).asnumpy()) for _ in range(grad_accum)]
+            overflow = 0 if step.apply_if_finite(loss_scale) else 1
+            scaler.update(not overflow)
+            loss_value = float(np.mean(losses))
+            if overflow:
+                log.info("iter %d: gradient overflow at loss scale %g, step skipped", iteration + 1, loss_scale)
+                if loss_scale <= scaler.min_scale:
+                    raise TrainingDiverged(f"gradients overflow at iteration {iteration} with the loss scale already "
+                                           f"at its minimum {scaler.min_scale:g} (loss {loss_value}): training "
+                                           f"stopped, no model written (lower the learning rate, or use fp32)")
+        elif grad_accum == 1:
             image, label = next(batches)
             loss_value = float(step(image, label).asnumpy())
         else:
@@ -319,7 +423,8 @@ def train(settings: dict, *, variant: str, train_list: str, val_list: str | None
             step.apply()
             loss_value = float(np.mean(losses))
         step_time = time.perf_counter() - step_start
-        if not math.isfinite(loss_value):
+        # mixed: a non-finite loss from a float16 overflow comes with an overflowed, skipped step
+        if not math.isfinite(loss_value) and not overflow:
             raise TrainingDiverged(f"loss is {loss_value} at iteration {iteration}: training stopped, no model written "
                                    f"(lower the learning rate, or check the data)")
         done = iteration + 1
@@ -337,11 +442,14 @@ def train(settings: dict, *, variant: str, train_list: str, val_list: str | None
         if dist.is_main:
             train_log.append({"iteration": done, "lr": schedule(iteration), "loss": loss_value,
                               "step_time_s": round(step_time, 4), "images_per_s": round(global_batch / step_time, 3),
-                              "loss_scale": 1.0, "overflow": 0,
+                              "loss_scale": loss_scale, "overflow": overflow,
                               "val_mIoU": "" if val_miou is None else val_miou})
         if dist.is_main and settings["checkpoint_interval"] and done % int(settings["checkpoint_interval"]) == 0 \
                 and done < iterations:
-            state.save(done, _state_entries(net, optimizer), append_dict={"iteration": done})
+            resume_extras = {"iteration": done}
+            if scaler is not None:
+                resume_extras.update(loss_scale=scaler.scale, loss_scale_good_steps=scaler.good_steps)
+            state.save(done, _state_entries(net, optimizer), append_dict=resume_extras)
 
     wall = time.perf_counter() - started
     summary = {"variant": variant, "iterations": iterations, "start_iteration": start_iteration,

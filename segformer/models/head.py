@@ -14,6 +14,7 @@ stride-4 map (for b0 at 512x1024 about 17 GFLOP less per image; at E = 768, 150 
 The parameters and their roles are unchanged.
 """
 
+import mindspore as ms
 from mindspore import nn, ops
 from mindspore.common.initializer import HeNormal
 
@@ -110,13 +111,15 @@ class SegFormerHead(nn.Cell):
         fused_c1, shift_c1 = self._fused_source(c1, self.linear_c1, fuse_weight, 3)
         fused = self._resized(fused_c4, size) + self._resized(fused_c3, size) + self._resized(fused_c2, size)
         shift = (shift_c4 + shift_c3 + shift_c2 + shift_c1).reshape(1, -1, 1, 1)
-        return fused + fused_c1 + shift
+        return fused + fused_c1 + ops.cast(shift, fused_c1.dtype)   # float16 under mixed precision
 
     def _fused_source(self, feature_map, projection, fuse_weight, slot):
         """(W_slot P) c at c's resolution, and W_slot b, for the source in concat position `slot`."""
         batch, channels, height, width = feature_map.shape
         slot_weight = fuse_weight[:, slot * self.embed_dim:(slot + 1) * self.embed_dim]
-        composed = ops.matmul(slot_weight, projection.proj.weight)
-        shift = ops.matmul(slot_weight, projection.proj.bias.reshape(-1, 1))
+        # composed in float32 (under mixed precision amp may hand these weights over in float16; a no-op in fp32)
+        slot_weight = ops.cast(slot_weight, ms.float32)
+        composed = ops.matmul(slot_weight, ops.cast(projection.proj.weight, ms.float32))
+        shift = ops.matmul(slot_weight, ops.cast(projection.proj.bias, ms.float32).reshape(-1, 1))
         fused = self.linear.map_to_map(feature_map.reshape(batch, channels, height * width), composed)
         return fused.reshape(batch, self.embed_dim, height, width), shift

@@ -63,6 +63,13 @@ def layer_norm(channels: int, eps: float) -> nn.LayerNorm:
     return nn.LayerNorm((channels,), begin_norm_axis=-1, begin_params_axis=-1, epsilon=eps)
 
 
+def in_dtype_of(activations, weight, bias):
+    """`weight` and `bias` cast to the activations' dtype: under mixed precision (amp) the activations
+    arrive in float16 while these directly used float32 Parameters stay float32, and MatMul/Conv2D need
+    one dtype. A no-op in float32."""
+    return ops.cast(weight, activations.dtype), ops.cast(bias, activations.dtype)
+
+
 class _ConvShapedParameters(nn.Cell):
     """Holds `weight` [out, in / groups, k, k] and `bias` [out] initialised like the official MiT convs."""
 
@@ -98,13 +105,14 @@ class OverlapPatchConv(_ConvShapedParameters):
         batch, _, height, width = image.shape
         out_height = conv_output_size(height, self.kernel_size, self.stride, self.padding)
         out_width = conv_output_size(width, self.kernel_size, self.stride, self.padding)
+        weight, bias = in_dtype_of(image, self.weight, self.bias)
         if self.use_matmul:
             columns = ops.unfold(image, self.kernel_size, padding=self.padding, stride=self.stride)
-            flat_weight = self.weight.reshape(1, self.out_channels, -1)
+            flat_weight = weight.reshape(1, self.out_channels, -1)
             flat_weight = ops.broadcast_to(flat_weight, (batch,) + flat_weight.shape[1:])
-            tokens = self.columns_times_weight(columns, flat_weight) + self.bias
+            tokens = self.columns_times_weight(columns, flat_weight) + bias
         else:
-            feature_map = ops.bias_add(self.conv2d(image, self.weight), self.bias)
+            feature_map = ops.bias_add(self.conv2d(image, weight), bias)
             tokens = feature_map.reshape(batch, self.out_channels, -1).transpose(0, 2, 1)
         return tokens, out_height, out_width
 
@@ -130,6 +138,7 @@ class SpatialReductionConv(_ConvShapedParameters):
         if height < ratio or width < ratio:
             raise ValueError(f"image too small for SegFormer: a {height}x{width} token map cannot be reduced by "
                              f"the attention's {ratio}x{ratio} stride-{ratio} conv (inputs need at least 29x29 pixels)")
+        weight, bias = in_dtype_of(tokens, self.weight, self.bias)
         if self.use_matmul:
             out_height = height // ratio
             out_width = width // ratio
@@ -138,10 +147,10 @@ class SpatialReductionConv(_ConvShapedParameters):
                 grid = grid[:, :out_height * ratio, :out_width * ratio, :]
             patches = grid.reshape(batch, out_height, ratio, out_width, ratio, channels)
             patches = patches.transpose(0, 1, 3, 2, 4, 5).reshape(batch, out_height * out_width, -1)
-            flat_weight = self.weight.transpose(0, 2, 3, 1).reshape(channels, -1)
-            return ops.matmul(patches, flat_weight.T) + self.bias
+            flat_weight = weight.transpose(0, 2, 3, 1).reshape(channels, -1)
+            return ops.matmul(patches, flat_weight.T) + bias
         feature_map = tokens.transpose(0, 2, 1).reshape(batch, channels, height, width)
-        reduced = ops.bias_add(self.conv2d(feature_map, self.weight), self.bias)
+        reduced = ops.bias_add(self.conv2d(feature_map, weight), bias)
         return reduced.reshape(batch, channels, -1).transpose(0, 2, 1)
 
 
@@ -161,12 +170,13 @@ class DepthwiseConv3x3(_ConvShapedParameters):
         self.conv2d = ops.Conv2D(channels, 3, mode=1, pad_mode="pad", pad=1, stride=1, group=channels)
 
     def construct(self, feature_map):
+        weight, bias = in_dtype_of(feature_map, self.weight, self.bias)
         if not self.use_matmul:
-            return ops.bias_add(self.conv2d(feature_map, self.weight), self.bias)
+            return ops.bias_add(self.conv2d(feature_map, weight), bias)
         batch, _, height, width = feature_map.shape
         taps = ops.unfold(feature_map, 3, padding=1).reshape(batch, self.channels, 9, height * width)
-        filtered = ops.matmul(self.weight.reshape(1, self.channels, 1, 9), taps)
-        filtered = filtered.reshape(batch, self.channels, height * width) + self.bias.reshape(1, -1, 1)
+        filtered = ops.matmul(weight.reshape(1, self.channels, 1, 9), taps)
+        filtered = filtered.reshape(batch, self.channels, height * width) + bias.reshape(1, -1, 1)
         return filtered.reshape(batch, self.channels, height, width)
 
 
@@ -190,14 +200,17 @@ class ChannelsFirstLinear(nn.Cell):
 
     def tokens_to_map(self, tokens, weight, bias):
         """Linear on tokens [B, N, in], result channels-first [B, out, N]."""
+        weight, bias = in_dtype_of(tokens, weight, bias)
         return self.weight_times_tokens(batched_weight(weight, tokens.shape[0]), tokens) + bias.reshape(1, -1, 1)
 
     def map_to_tokens(self, feature_map, weight, bias):
         """Linear on channels-first [B, in, N], result as tokens [B, N, out]."""
+        weight, bias = in_dtype_of(feature_map, weight, bias)
         return self.map_times_weight(feature_map, batched_weight(weight, feature_map.shape[0])) + bias
 
     def map_to_map(self, feature_map, weight):
         """Linear (no bias) on channels-first [B, in, N], result channels-first [B, out, N]."""
+        weight = ops.cast(weight, feature_map.dtype)
         return self.weight_times_map(batched_weight(weight, feature_map.shape[0]), feature_map)
 
 
@@ -214,7 +227,8 @@ class DropPath(nn.Cell):
         if not self.training or self.drop_prob == 0.0:
             return x
         mask_shape = (x.shape[0],) + (1,) * (x.ndim - 1)
-        keep_mask = ops.bernoulli(ops.zeros(mask_shape, x.dtype), p=self.keep_prob)
+        # drawn in float32 (Bernoulli has no float16 kernel), then in x's dtype (a no-op in float32)
+        keep_mask = ops.cast(ops.bernoulli(ops.zeros(mask_shape, ms.float32), p=self.keep_prob), x.dtype)
         return x / self.keep_prob * keep_mask
 
     def extend_repr(self):

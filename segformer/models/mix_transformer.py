@@ -10,6 +10,7 @@ parameter names follow the NVlabs state dict (see notes/model_contract.md).
 
 from typing import Sequence
 
+import mindspore as ms
 import numpy as np
 from mindspore import nn, ops
 
@@ -71,7 +72,9 @@ class Attention(nn.Cell):
         key_value = self.kv(context).reshape(batch, -1, 2, self.num_heads, self.head_dim)
         key_value = key_value.transpose(2, 0, 3, 1, 4)
         key, value = key_value[0], key_value[1]
-        weights = ops.softmax(self.scores(query, key) * self.scale, axis=-1)
+        scores = self.scores(query, key) * self.scale
+        # softmax in float32 under mixed precision (a no-op cast in float32), then back to the value dtype
+        weights = ops.cast(ops.softmax(ops.cast(scores, ms.float32), axis=-1), value.dtype)
         attended = ops.matmul(weights, value).transpose(0, 2, 1, 3).reshape(batch, num_tokens, self.dim)
         return self.proj(attended)
 
