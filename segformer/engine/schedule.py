@@ -75,15 +75,11 @@ def lr_table(
     warmup_iters: int = 1500,
     warmup_ratio: float = 1e-6,
 ) -> np.ndarray:
-    """``lr_at`` for every iteration 0 .. max_iters - 1 at once (float64 array of length max_iters)."""
+    """``lr_at`` for every iteration 0 .. max_iters - 1 (float64 array of length max_iters), for plots
+    and checks; one formula, ``lr_at``'s, so the two cannot drift apart."""
     _check(max_iters, warmup, warmup_iters, warmup_ratio, power)
-    t = np.arange(max_iters, dtype=np.float64)
-    lr = (base_lr - min_lr) * (1 - t / max_iters) ** power + min_lr
-    if warmup is not None:
-        n = min(int(warmup_iters), int(max_iters))
-        k = (1 - t[:n] / warmup_iters) * (1 - warmup_ratio)
-        lr[:n] = lr[:n] * (1 - k)
-    return lr
+    return np.array([lr_at(t, base_lr, max_iters, power=power, min_lr=min_lr, warmup=warmup,
+                           warmup_iters=warmup_iters, warmup_ratio=warmup_ratio) for t in range(max_iters)])
 
 
 @dataclass(frozen=True)
