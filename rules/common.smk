@@ -5,15 +5,15 @@ import os
 import sys
 from pathlib import Path
 
-import yaml
 from snakemake.utils import validate
 
 sys.path.insert(0, workflow.basedir)  # the segformer library, also when not pip-installed
 
 from segformer.settings import (
     coerce_command_line_strings,
+    SCHEMA_PATH,
     fill_defaults_and_validate,
-
+    load_schema,
     unknown_keys,
     variant_section,
 )
@@ -22,13 +22,12 @@ from segformer.settings import (
 def validate_config(settings):
     """Every unknown key named at once (JSON Schema would stop at the first, without its path), then
     the schema itself (types, ranges, defaults), then each variant's merged training settings."""
-    schema_path = Path(workflow.basedir) / "schemas" / "config.schema.yaml"
-    schema = yaml.safe_load(schema_path.read_text())
+    schema = load_schema()
     coerce_command_line_strings(settings, schema)
     unknown = unknown_keys(settings, schema)
     if unknown:
         raise ValueError(
-            f"unknown config key(s): {', '.join(unknown)} (see {schema_path} for the valid keys)"
+            f"unknown config key(s): {', '.join(unknown)} (see {SCHEMA_PATH} for the valid keys)"
         )
     validate(settings, schema="../schemas/config.schema.yaml")
     for variant in settings["overrides"]:
