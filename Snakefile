@@ -10,11 +10,17 @@ min_version("9.0")
 configfile: "config.yaml"
 
 
+report: "report/workflow.rst"
+
+
 include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/weights.smk"
 include: "rules/train.smk"
 include: "rules/evaluate.smk"
+include: "rules/infer.smk"
+include: "rules/export.smk"
+include: "rules/summary.smk"
 
 
 rule all:

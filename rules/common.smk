@@ -1,7 +1,9 @@
 # Config validation and the helpers every stage uses. No rules here.
 
+import functools
 import json
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -9,6 +11,8 @@ from snakemake.utils import validate
 
 sys.path.insert(0, workflow.basedir)  # the segformer library, also when not pip-installed
 
+from segformer.convert.weights import holds_decode_head
+from segformer.engine.inference_settings import InferenceSettings
 from segformer.settings import (
     coerce_command_line_strings,
     SCHEMA_PATH,
@@ -75,10 +79,39 @@ def dataset_input():
     return [str(f) for f in files]
 
 
+VARIANTS = ("b0", "b1", "b2", "b3", "b4", "b5")
+
+
+@functools.lru_cache(maxsize=None)
+def imports_trained_model(variant):
+    """True when weights.<variant> is a trained segmentation checkpoint (it has a decode head): the
+    variant is then converted and evaluated, not trained. Decided from the file's key names."""
+    source = config["weights"].get(variant)
+    if source is None:
+        return False
+    try:
+        return holds_decode_head(source)
+    except ValueError as error:
+        raise ValueError(f"config weights.{variant}: {error}") from None
+
+
+def variant_pattern(variants):
+    """A wildcard constraint matching exactly these variants (none: a pattern that never matches)."""
+    return "|".join(variants) if variants else "(?!)"
+
+
+def trained_here():
+    return variant_pattern([v for v in VARIANTS if not imports_trained_model(v)])
+
+
+def imported():
+    return variant_pattern([v for v in VARIANTS if imports_trained_model(v)])
+
+
 def pretrained_source(variant):
     """The checkpoint a variant starts from, or None (training from scratch)."""
     if variant in config["weights"]:
-        return config["weights"][variant]
+        return None if imports_trained_model(variant) else config["weights"][variant]
     if config["pretrained_dir"]:
         return f"{config['pretrained_dir']}/mit_{variant}.pth"
     return None
@@ -114,11 +147,52 @@ def per_node_prefix():
     return f"srun --nodes={config['nodes']} --ntasks-per-node=1 --kill-on-bad-exit=1 "
 
 
+def inference_settings():
+    """The `evaluate` section as the JSON every inference stage gets (a change reruns those stages)."""
+    return json.dumps(config["evaluate"], sort_keys=True)
+
+
+def evaluation_description():
+    return InferenceSettings.from_config(config["evaluate"]).describe()
+
+
+def summary_flags():
+    """summarize.py flags: which paper column to compare with, demo data or not, imported models."""
+    flags = []
+    if InferenceSettings.from_config(config["evaluate"]).averages_probabilities:
+        flags.append("--multi_scale")
+    if using_demo():
+        flags.append("--demo")
+    for v in config["variants"]:
+        if imports_trained_model(v):
+            note = f"{v}=converted from {config['weights'][v]} and evaluated as given (not trained here)"
+            flags.append(f"--note {shlex.quote(note)}")
+    return " ".join(flags)
+
+
+def infer_images():
+    """What the rendering stage draws: the configured folder, or the val split list."""
+    return config["infer"]["images"] or f"{RESULTS}/data/val.txt"
+
+
+def export_files(variant):
+    """The export stage's outputs: MINDIR, and AIR when the device is Ascend (MindSpore writes AIR only there)."""
+    files = {"mindir": f"{RESULTS}/{variant}/segformer_{variant}.mindir"}
+    if config["device"] == "Ascend":
+        files["air"] = f"{RESULTS}/{variant}/segformer_{variant}.air"
+    return files
+
+
 def final_outputs():
-    return [f"{RESULTS}/{v}/miou.csv" for v in config["variants"]]
+    """The default target: per variant its scores, rendered predictions and exported graph(s); then the table."""
+    per_variant = []
+    for v in config["variants"]:
+        per_variant += [f"{RESULTS}/{v}/miou.csv", f"{RESULTS}/{v}/infer", *export_files(v).values()]
+    return per_variant + [f"{RESULTS}/summary.csv", f"{RESULTS}/summary.md", f"{RESULTS}/miou.png"]
 
 
 # Light bookkeeping runs where Snakemake runs, not as cluster jobs.
 localrules:
     all,
     demo_dataset,
+    summary,

@@ -1,4 +1,5 @@
-# Evaluation: score each variant's model on the val split (whole-image inference).
+# Evaluation: score each variant's model on the val split (whole, slide or multi-scale + flip, as the
+# config's `evaluate` section says; scored at the labels' full resolution).
 
 
 rule evaluate:
@@ -11,6 +12,7 @@ rule evaluate:
         f"{RESULTS}/logs/evaluate_{{variant}}.log",
     params:
         script=script("evaluate.py"),
+        settings=inference_settings(),
         num_classes=lambda wildcards: train_settings(wildcards.variant)["num_classes"],
         device=config["device"],
     wildcard_constraints:
@@ -19,5 +21,5 @@ rule evaluate:
         "../envs/segformer.yaml"
     shell:
         "python {params.script} --variant {wildcards.variant} --eval_ckpt_path {input.ckpt}"
-        " --data_path {input.val_list} --out {output.miou} --num_classes {params.num_classes}"
-        " --device {params.device} > {log} 2>&1"
+        " --data_path {input.val_list} --out {output.miou} --settings {params.settings:q}"
+        " --num_classes {params.num_classes} --device {params.device} > {log} 2>&1"

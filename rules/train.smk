@@ -1,4 +1,5 @@
 # Training: one job per variant; several devices or nodes make it one data-parallel msrun job.
+# A variant whose `weights` is a trained checkpoint is imported instead (import_trained).
 
 
 rule train:
@@ -9,7 +10,12 @@ rule train:
     output:
         ckpt=f"{RESULTS}/{{variant}}/model.ckpt",
         train_log=f"{RESULTS}/{{variant}}/train_log.csv",
-        curve=f"{RESULTS}/{{variant}}/train_curve.png",
+        curve=report(
+            f"{RESULTS}/{{variant}}/train_curve.png",
+            caption="../report/train_curve.rst",
+            category="Training",
+            labels={"variant": "{variant}"},
+        ),
     log:
         f"{RESULTS}/logs/train_{{variant}}.log",
     params:
@@ -24,7 +30,7 @@ rule train:
         state_dir=lambda wildcards, output: Path(output.ckpt).with_name("train_state"),
         msrun_dir=lambda wildcards, output: Path(output.ckpt).with_name("msrun"),
     wildcard_constraints:
-        variant="b[0-5]",
+        variant=trained_here(),
     threads: max(1, config["devices"]) * 2
     resources:
         nodes=config["nodes"],
@@ -39,3 +45,22 @@ rule train:
         " --ckpt {output.ckpt} --log_csv {output.train_log} --curve {output.curve}"
         " --state_dir {params.state_dir} --device {params.device} --precision {params.precision}"
         " > {log} 2>&1"
+
+
+rule import_trained:
+    input:
+        source=lambda wildcards: config["weights"][wildcards.variant],
+    output:
+        ckpt=f"{RESULTS}/{{variant}}/model.ckpt",
+    log:
+        f"{RESULTS}/logs/import_trained_{{variant}}.log",
+    params:
+        script=script("convert_model.py"),
+        num_classes=lambda wildcards: train_settings(wildcards.variant)["num_classes"],
+    wildcard_constraints:
+        variant=imported(),
+    conda:
+        "../envs/convert.yaml"
+    shell:
+        "python {params.script} --pt_model_path {input.source} --ms_model_path {output.ckpt}"
+        " --variant {wildcards.variant} --num_classes {params.num_classes} > {log} 2>&1"

@@ -24,6 +24,11 @@ def env_requirements(path):
     return [Requirement(r) for r in pip]
 
 
+# Environments that deliberately do not hold the project (onnx.yaml needs numpy 2, which MindSpore cannot
+# load); tests/test_onnx_export.py checks its pins against envs/onnx-requirements.txt instead.
+SEPARATE = {"onnx.yaml"}
+
+
 def test_every_env_pins_like_pyproject():
     pins = pyproject_requirements()
     envs = sorted((ROOT / "envs").glob("*.yaml"))
@@ -31,6 +36,8 @@ def test_every_env_pins_like_pyproject():
     for path in envs:
         for requirement in env_requirements(path):
             name = requirement.name.lower()
+            if path.name in SEPARATE and name not in pins:
+                continue
             assert name in pins, f"{path.name}: {name} is not a dependency in pyproject.toml"
             assert requirement.specifier == pins[name].specifier, (
                 f"{path.name}: {requirement} differs from pyproject's {pins[name]}")

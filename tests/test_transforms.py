@@ -112,14 +112,6 @@ def test_resize_is_bilinear_for_the_image_and_nearest_for_the_label():
     assert set(np.unique(out_label)) <= set(np.unique(label))
 
 
-def test_rescale_for_eval_keeps_the_label_at_full_resolution():
-    rng = np.random.default_rng(2)
-    image, label = rgb_image(rng, 64, 128), blocky_label(rng, 64, 128)
-    out_image, out_label = T.Rescale((64, 32))(image, label)
-    assert out_image.shape == (32, 64, 3)
-    assert out_label is label
-
-
 # --- crop -------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     "values, accepted",
@@ -345,19 +337,9 @@ def test_train_transform_without_photometric_or_flip_keeps_pixels():
     np.testing.assert_array_equal(out_image, T.NormalizePadCHW()(image, None)[0])
 
 
-def test_eval_transform_contract():
-    rng = np.random.default_rng(16)
-    image, label = rgb_image(rng, 64, 128), blocky_label(rng, 64, 128)
-    out_image, out_label = T.build_eval_transform()(image, label)
-    assert out_image.shape == (3, 64, 128) and out_label.shape == (64, 128) and out_label.dtype == np.int32
-    np.testing.assert_array_equal(out_label, label)
-    small_image, full_label = T.build_eval_transform(scale=(64, 32))(image, label)
-    assert small_image.shape == (3, 32, 64) and full_label.shape == (64, 128)
-
-
 def test_bad_inputs_are_named():
     with pytest.raises(ValueError, match="uint8 RGB"):
-        T.build_eval_transform()(np.zeros((4, 4), np.uint8), np.zeros((4, 4), np.uint8))
+        T.build_train_transform()(np.zeros((4, 4), np.uint8), np.zeros((4, 4), np.uint8), np.random.default_rng(0))
     with pytest.raises(ValueError, match="matching the image"):
         T.build_train_transform(crop_size=(2, 2))(np.zeros((4, 4, 3), np.uint8), np.zeros((4, 5), np.uint8),
                                                   np.random.default_rng(0))

@@ -1,52 +1,104 @@
-"""Evaluate a trained SegFormer on a split (the evaluation stage): writes the one-row miou.csv.
+"""Evaluate SegFormer on a split (the evaluation stage), or score predictions already on disk.
 
+A model (from a rule, or by hand like the seed's eval.py):
     python workflow_scripts/evaluate.py --variant b0 --eval_ckpt_path results/b0/model.ckpt \
-        --data_path results/data/val.txt --out results/b0/miou.csv
+        --data_path results/data/val.txt --out results/b0/miou.csv [--config_path config.yaml]
+Predictions on disk (train-id PNGs named STEM_gray.png, as the rendering stage writes them):
+    python workflow_scripts/evaluate.py --pred_dir results/b0/infer --data_path /data/cityscapes \
+        --split val --out scores.csv
 
-Whole-image inference (the official mode of the 512x1024 configs); predictions are scored at the
-label's full resolution. The per-class table goes to the log, like the seed's eval.py.
+--data_path is a split list (IMAGE<TAB>LABEL) or a Cityscapes root whose gtFine holds
+*_gtFine_labelTrainIds.png (convert_dataset.py ROOT writes them). Test-time inference (whole, slide,
+multi-scale + flip) comes from the config's `evaluate` section, or --settings (JSON) from a rule.
+Predictions are scored at the label's full resolution. The one-row miou.csv holds fractions; the
+per-class table goes to the log, like the seed's eval.py.
 """
 
 import argparse
+import json
 import logging
 import sys
 import time
 
-import mindspore as ms
-
-from segformer.engine.evaluate import evaluate_whole
-from segformer.engine.train import configure_logging
-from segformer.io import write_text
-from segformer.metrics import format_metrics_table, miou_csv_text, miou_row
-from segformer.models import build_model
-
 log = logging.getLogger("evaluate")
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--variant", required=True, choices=[f"b{i}" for i in range(6)])
-    parser.add_argument("--eval_ckpt_path", required=True, help="MindSpore checkpoint of the whole model")
-    parser.add_argument("--data_path", required=True, help="split list (IMAGE<TAB>LABEL), e.g. results/data/val.txt")
+    model = parser.add_argument_group("evaluate a model")
+    model.add_argument("--variant", choices=[f"b{i}" for i in range(6)])
+    model.add_argument("--eval_ckpt_path", help="MindSpore checkpoint of the whole model")
+    model.add_argument("--config_path", action="append", default=[],
+                       help="workflow config YAML (repeatable); its `evaluate` section sets the inference mode")
+    model.add_argument("--settings", default=None, help="JSON merged over the config's `evaluate` section")
+    model.add_argument("--device", default=None, choices=["CPU", "GPU", "Ascend"])
+    parser.add_argument("--pred_dir", help="score the STEM_gray.png predictions in this folder instead of a model")
+    parser.add_argument("--data_path", required=True, help="split list (IMAGE<TAB>LABEL) or Cityscapes root")
+    parser.add_argument("--split", default="val", help="split of a Cityscapes root (default val)")
     parser.add_argument("--out", required=True, help="miou.csv to write")
-    parser.add_argument("--num_classes", type=int, default=19)
-    parser.add_argument("--device", default="CPU", choices=["CPU", "GPU", "Ascend"])
+    parser.add_argument("--name", default=None, help="the csv's variant column (default: --variant, or 'predictions')")
+    parser.add_argument("--num_classes", type=int, default=None, help="default: the config's train.num_classes (19)")
     args = parser.parse_args(argv)
+    if (args.pred_dir is None) == (args.eval_ckpt_path is None):
+        parser.error("give either --eval_ckpt_path (with --variant) or --pred_dir")
+    if args.eval_ckpt_path and not args.variant:
+        parser.error("--eval_ckpt_path needs --variant")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    from segformer.engine.train import configure_logging
+
     configure_logging()
-    ms.set_device(args.device)
-    net = build_model(args.variant, args.num_classes)
-    params = ms.load_checkpoint(args.eval_ckpt_path)
-    not_loaded, _ = ms.load_param_into_net(net, params, strict_load=True)
-    if not_loaded:
-        print(f"error: {args.eval_ckpt_path}: lacks {len(not_loaded)} parameters of SegFormer-{args.variant}, "
-              f"e.g. {', '.join(not_loaded[:5])}", file=sys.stderr)
+    try:
+        matrix, name = run(args)
+    except (ValueError, FileNotFoundError) as error:  # ConversionError is a ValueError
+        log.error("%s", error)
+        print(f"error: {error}", file=sys.stderr)
         return 1
-    start = time.perf_counter()
-    metrics = evaluate_whole(net, args.data_path, num_classes=args.num_classes).metrics()
-    log.info("SegFormer-%s on %s (%.1f s):\n%s", args.variant, args.data_path, time.perf_counter() - start,
-             format_metrics_table(metrics))
-    write_text(args.out, miou_csv_text([miou_row(args.variant, metrics)]))
+    from segformer.io import write_text
+    from segformer.metrics import format_metrics_table, miou_csv_text, miou_row
+
+    metrics = matrix.metrics()
+    log.info("%s on %s:\n%s", name, args.data_path, format_metrics_table(metrics))
+    write_text(args.out, miou_csv_text([miou_row(name, metrics)]))
     return 0
+
+
+def run(args):
+    """(confusion matrix, row name) from a model or from predictions on disk."""
+    from segformer.data.cityscapes import split_pairs_of
+    from segformer.settings import deep_merge, load_config
+
+    config = load_config(args.config_path)
+    num_classes = args.num_classes or config["train"]["num_classes"]
+    pairs = split_pairs_of(args.data_path, args.split)
+    start = time.perf_counter()
+    if args.pred_dir:
+        from segformer.engine.evaluate import score_predictions
+
+        matrix = score_predictions(args.pred_dir, pairs, num_classes)
+        log.info("scored %d predictions in %s (%.1f s)", len(pairs), args.pred_dir, time.perf_counter() - start)
+        return matrix, args.name or "predictions"
+
+    import mindspore as ms
+
+    from segformer.engine.evaluate import evaluate_model
+    from segformer.engine.inference import InferenceSettings, Segmenter, load_model
+
+    try:
+        override = json.loads(args.settings) if args.settings else {}
+    except json.JSONDecodeError as error:
+        raise ValueError(f"--settings is not valid JSON: {error}") from None
+    settings = InferenceSettings.from_config(deep_merge(config["evaluate"], override))
+    ms.set_device(args.device or config["device"])
+    net = load_model(args.variant, args.eval_ckpt_path, num_classes)
+    log.info("SegFormer-%s from %s; inference: %s; %d images", args.variant, args.eval_ckpt_path,
+             settings.describe(), len(pairs))
+    matrix = evaluate_model(Segmenter(net, settings), pairs, num_classes)
+    log.info("evaluated in %.1f s", time.perf_counter() - start)
+    return matrix, args.name or args.variant
 
 
 if __name__ == "__main__":

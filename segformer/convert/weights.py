@@ -278,6 +278,43 @@ def load_source(path: str | os.PathLike) -> tuple[str, dict[str, np.ndarray]]:
     return _classify_keys(state, file), state
 
 
+def _peek_keys(file: Path) -> list[str]:
+    """The tensor names of a checkpoint file, reading as little as possible (safetensors: the header;
+    PyTorch zip files: memory-mapped, tensors not read; MindSpore: the whole file)."""
+    if file.suffix == ".ckpt":
+        return list(_read_mindspore(file))
+    if file.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(file), "np") as opened:
+                return list(opened.keys())
+        except Exception as e:  # safetensors raises its own error types
+            raise ConversionError(f"{file}: not a readable safetensors file ({type(e).__name__}: {e})") from None
+    import torch
+
+    try:
+        with torch.serialization.safe_globals(_numpy_safe_globals()):
+            obj = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # an old (non-zip) file cannot be memory-mapped; the full reader explains refusals
+        obj = _torch_load(file)
+    if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
+        obj = obj["state_dict"]
+    if not isinstance(obj, Mapping):
+        raise ConversionError(f"{file}: holds a {type(obj).__name__}, not a state dict")
+    return [str(key) for key in obj]
+
+
+def holds_decode_head(path: str | os.PathLike) -> bool:
+    """Whether a checkpoint of any accepted layout is a trained segmentation model (it has decode head
+    weights) rather than an ImageNet backbone: the workflow then evaluates it instead of training."""
+    path = Path(path)
+    if not path.exists():
+        raise ConversionError(f"{path}: no such file or folder")
+    keys = _peek_keys(_hf_file_in(path) if path.is_dir() else path)
+    return any(key.startswith("decode_head.") for key in keys)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Renaming between schemes.
 

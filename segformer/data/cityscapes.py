@@ -34,7 +34,7 @@ def frame_id(path: str | os.PathLike) -> str:
 
 def image_stem(image_path: str | os.PathLike) -> str:
     """The image's file name without `.png`, e.g. `munich_000005_000019_leftImg8bit` (inference names)."""
-    return Path(image_path).name[: -len(".png")]
+    return Path(image_path).stem
 
 
 def find_images(dataset_root: str | os.PathLike, split: str) -> list[Path]:
@@ -85,4 +85,28 @@ def read_split_list(list_path: str | os.PathLike) -> list[tuple[Path, Path]]:
         pairs.append((list_dir / fields[0], list_dir / fields[1]))
     if not pairs:
         raise ValueError(f"{list_path}: split list is empty")
+    return pairs
+
+
+def split_pairs_of(data_path: str | os.PathLike, split: str = "val") -> list[tuple[Path, Path]]:
+    """(image, train-id label) pairs of a split, from a split list file or a Cityscapes root.
+
+    A root must hold `*_gtFine_labelTrainIds.png` beside its polygons (as `convert_dataset.py ROOT`
+    writes them); each image of leftImg8bit/{split} needs its label, else the error names the first missing.
+    """
+    data_path = Path(data_path)
+    if data_path.is_file():
+        return read_split_list(data_path)
+    if not data_path.is_dir():
+        raise FileNotFoundError(f"{data_path}: neither a split list nor a Cityscapes root")
+    images = find_images(data_path, split)
+    if not images:
+        raise FileNotFoundError(f"{data_path}: no leftImg8bit/{split}/*/*{IMAGE_SUFFIX} images")
+    pairs = [(image, train_ids_path_for(data_path, split, frame_id(image))) for image in images]
+    missing = [label for _, label in pairs if not label.is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"{missing[0]}: missing ({len(missing)} of {len(pairs)} {split} labels); "
+            f"create them with: python workflow_scripts/convert_dataset.py {data_path}"
+        )
     return pairs

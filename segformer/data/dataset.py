@@ -1,4 +1,4 @@
-"""MindSpore datasets for training and evaluation over a split list (IMAGE<TAB>LABEL lines).
+"""The MindSpore training dataset over a split list (IMAGE<TAB>LABEL lines).
 
 Training data order is ours, not MindSpore's: the sample stream is a function of (seed, iteration),
 so a run resumed at iteration k sees exactly the batches an uninterrupted run would have seen from k
@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 
 from segformer.data.cityscapes import read_split_list
-from segformer.data.transforms import IGNORE_INDEX, MEAN, STD, build_eval_transform, build_train_transform
+from segformer.data.transforms import IGNORE_INDEX, MEAN, STD, build_train_transform
 from segformer.io import read_image_rgb, read_label
 
 # Distinct first words keep the shuffle and augmentation streams independent for the same seed.
@@ -143,24 +143,6 @@ class TrainStream:
         return self.source.sample(epoch, index)
 
 
-class EvalStream:
-    """GeneratorDataset source for evaluation: (image 3xHxW f32, label HxW i32, index i32), shard-strided."""
-
-    def __init__(self, source: CityscapesSource, num_shards: int = 1, shard_id: int = 0):
-        if not 0 <= shard_id < num_shards:
-            raise ValueError(f"shard_id must be in [0, num_shards={num_shards}), got {shard_id}")
-        self.source = source
-        self.indices = np.arange(shard_id, len(source), num_shards)
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, item: int):
-        index = int(self.indices[int(item)])
-        image, label = self.source.sample(0, index)
-        return image, label, np.int32(index)
-
-
 def _generator_dataset(stream, column_names, num_workers: int, python_multiprocessing: bool):
     import mindspore.dataset as ds
 
@@ -216,26 +198,3 @@ def build_train_dataset(
     stream = TrainStream(source, order, start_iteration, num_iterations)
     dataset = _generator_dataset(stream, ["image", "label"], num_workers, python_multiprocessing)
     return dataset.batch(batch_size, drop_remainder=True)
-
-
-def build_eval_dataset(
-    list_path: str | os.PathLike,
-    *,
-    scale: tuple[int, int] | None = None,
-    num_shards: int = 1,
-    shard_id: int = 0,
-    num_workers: int = 1,
-    python_multiprocessing: bool = False,
-    mean: Sequence[float] = MEAN,
-    std: Sequence[float] = STD,
-    ignore_index: int = IGNORE_INDEX,
-):
-    """Batches of one: ('image' 1 x 3 x H' x W' float32, 'label' 1 x H x W int32 at full resolution,
-    'index' (1,) int32 = line of the split list). Images may differ in size, hence batch 1.
-    scale (W, H): keep-ratio resize of the image only (official (2048, 1024)); None: none."""
-    transform = build_eval_transform(scale=scale, mean=mean, std=std, ignore_index=ignore_index)
-    source = CityscapesSource(list_path, transform)
-    stream = EvalStream(source, num_shards, shard_id)
-    dataset = _generator_dataset(stream, ["image", "label", "index"], num_workers, python_multiprocessing)
-    return dataset.batch(1)
-

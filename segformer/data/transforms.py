@@ -9,8 +9,8 @@ sample augmented here matches what mmseg makes from the same random draws.
 Train pipeline (local_configs/_base_/datasets/cityscapes_1024x1024_repeat.py, NVlabs/SegFormer):
     RandomRatioResize -> RandomCrop(cat_max_ratio) -> RandomHorizontalFlip -> PhotoMetricDistortion
     -> NormalizePadCHW (normalize, pad to the crop size with image 0 / label 255, HWC -> CHW)
-Eval pipeline: optional keep-ratio Rescale of the image only (the label stays at full resolution for
-scoring) -> NormalizePadCHW without padding.
+Test-time resizing and normalisation reuse `rescale_size`, `resize_pair` and `NormalizePadCHW`
+(see segformer.engine.inference).
 
 Speed: every pixel-wise photometric step and the normalisation are functions of one uint8 value, so
 they run as 256-entry look-up tables computed with mmseg's own float32 arithmetic (exact, and several
@@ -90,22 +90,6 @@ class RandomRatioResize:
         scale = self.sample_scale(rng)
         size = rescale_size(image.shape[1], image.shape[0], scale)
         return resize_pair(image, label, size)
-
-
-@dataclass(frozen=True)
-class Rescale:
-    """Deterministic keep-ratio resize to fit `scale` (W, H) (mmseg test-time Resize, keep_ratio=True).
-
-    Only the image is resized unless resize_label is set: evaluation scores at the label's full resolution.
-    """
-
-    scale: tuple[int, int]
-    resize_label: bool = False
-
-    def __call__(self, image, label, rng=None):
-        size = rescale_size(image.shape[1], image.shape[0], tuple(self.scale))
-        resized, resized_label = resize_pair(image, label if self.resize_label else None, size)
-        return resized, (resized_label if self.resize_label else label)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -372,21 +356,4 @@ def build_train_transform(
     if photometric:
         steps.append(PhotoMetricDistortion())
     steps.append(NormalizePadCHW(tuple(mean), tuple(std), tuple(crop_size), ignore_index))
-    return Compose(tuple(steps))
-
-
-def build_eval_transform(
-    *,
-    scale: tuple[int, int] | None = None,
-    mean: Sequence[float] = MEAN,
-    std: Sequence[float] = STD,
-    ignore_index: int = IGNORE_INDEX,
-) -> Compose:
-    """Eval pipeline: `(image, label, rng=None) -> (image 3xh'xw' f32, label HxW i32 at full resolution)`.
-
-    scale (W, H): keep-ratio resize of the image to fit it (official: (2048, 1024), the identity on
-    Cityscapes frames); None: no resize.
-    """
-    steps = [] if scale is None else [Rescale(tuple(scale))]
-    steps.append(NormalizePadCHW(tuple(mean), tuple(std), None, ignore_index))
     return Compose(tuple(steps))

@@ -1,58 +1,81 @@
-"""Evaluation: predict a val split with a model and score it (confusion matrix -> IoU, accuracy).
+"""Evaluation: predict a split with a model, or score predictions already on disk, into a confusion
+matrix (-> IoU, accuracy as mmseg computes them, see segformer.metrics).
 
-`whole` inference as the official 512x1024 configs do it: the (optionally rescaled) image goes
-through the network once, logits are resized bilinearly to the network input's size and then to the
-label's full resolution (mmseg's encode_decode + rescale), and the argmax is scored against the
-label at its original resolution — never against a downscaled label.
+Predictions are always compared with the label at its full resolution, never with a downscaled label.
+Predictions on disk are train-id PNGs named `STEM_gray.png` (STEM = the image's file name without
+`.png`), the names the rendering stage writes.
 """
 
 from __future__ import annotations
 
 import logging
-import time
+import os
+from pathlib import Path
+from typing import Sequence
 
-import mindspore as ms
 import numpy as np
-from mindspore import nn, ops
 
-from segformer.data.dataset import build_eval_dataset
+from segformer.data.cityscapes import image_stem
+from segformer.engine.inference import Progress, Segmenter
+from segformer.io import read_image_rgb, read_label
 from segformer.metrics import ConfusionMatrix
 
 log = logging.getLogger(__name__)
 
-
-class WholeInference(nn.Cell):
-    """image [1, 3, h, w] -> class logits at the label size [1, C, H, W] (eval mode, whole image)."""
-
-    def __init__(self, net: nn.Cell):
-        super().__init__(auto_prefix=False)  # keep the model's parameter names (a prefix would rename them)
-        self.net = net
-
-    def construct(self, image, label_height: int, label_width: int):
-        logits = self.net(image)
-        logits = ops.interpolate(logits, size=image.shape[2:], mode="bilinear", align_corners=False)
-        if image.shape[2] != label_height or image.shape[3] != label_width:
-            logits = ops.interpolate(logits, size=(label_height, label_width), mode="bilinear", align_corners=False)
-        return logits
+Pairs = Sequence[tuple[Path, Path]]
 
 
-def evaluate_whole(net: nn.Cell, list_path, *, num_classes: int = 19, scale=None, jit: bool = True,
-                   num_shards: int = 1, shard_id: int = 0) -> ConfusionMatrix:
-    """Confusion matrix of `net` over the split list (this shard's part of it)."""
-    was_training = net.training
-    net.set_train(False)
-    infer = WholeInference(net)
-    forward = ms.jit(infer.construct) if jit else infer
-    dataset = build_eval_dataset(list_path, scale=scale, num_shards=num_shards, shard_id=shard_id)
+def read_train_ids(label_path: str | os.PathLike) -> np.ndarray:
+    label = read_label(label_path)
+    if label.dtype.kind != "u" or label.dtype.itemsize != 1:
+        raise ValueError(f"{label_path}: train ids must be an 8-bit PNG, found dtype {label.dtype}")
+    return label
+
+
+def evaluate_model(segmenter: Segmenter, pairs: Pairs, num_classes: int = 19) -> ConfusionMatrix:
+    """Confusion matrix of the segmenter's predictions over (image, train-id label) pairs."""
+    was_training = segmenter.net.training
+    segmenter.net.set_train(False)
     matrix = ConfusionMatrix(num_classes)
-    start = time.perf_counter()
-    count = 0
-    for image, label, _ in dataset.create_tuple_iterator(num_epochs=1):
-        height, width = label.shape[1:]
-        logits = forward(image, height, width)
-        prediction = logits.argmax(axis=1).asnumpy()[0].astype(np.uint8)
-        matrix.update(prediction, label.asnumpy()[0])
-        count += 1
-    log.info("evaluated %d images in %.1f s", count, time.perf_counter() - start)
-    net.set_train(was_training)
+    progress = Progress(len(pairs), "evaluated")
+    for image_path, label_path in pairs:
+        image, label = read_image_rgb(image_path), read_train_ids(label_path)
+        if label.shape != image.shape[:2]:
+            raise ValueError(f"{label_path}: label size {label.shape[::-1]} differs from its image "
+                             f"{image_path} ({image.shape[1::-1]})")
+        matrix.update(segmenter.predict(image), label)
+        progress.step()
+    segmenter.net.set_train(was_training)
+    return matrix
+
+
+def prediction_path(pred_dir: str | os.PathLike, image_path: str | os.PathLike) -> Path:
+    return Path(pred_dir) / f"{image_stem(image_path)}_gray.png"
+
+
+def score_predictions(pred_dir: str | os.PathLike, pairs: Pairs, num_classes: int = 19) -> ConfusionMatrix:
+    """Confusion matrix of the `STEM_gray.png` files in pred_dir against the pairs' labels.
+
+    Every frame needs its prediction, at its label's size: anything else is an error naming the file
+    (a skipped frame would silently change the score).
+    """
+    missing = [prediction_path(pred_dir, image) for image, _ in pairs
+               if not prediction_path(pred_dir, image).is_file()]
+    if missing:
+        shown = ", ".join(str(p) for p in missing[:5])
+        raise FileNotFoundError(f"{len(missing)} of {len(pairs)} predictions missing: {shown}"
+                                + (" ..." if len(missing) > 5 else ""))
+    matrix = ConfusionMatrix(num_classes)
+    progress = Progress(len(pairs), "scored", every=100)
+    for image_path, label_path in pairs:
+        path = prediction_path(pred_dir, image_path)
+        prediction, label = read_train_ids(path), read_train_ids(label_path)
+        if prediction.shape != label.shape:
+            raise ValueError(f"{path}: prediction size {prediction.shape[::-1]} differs from its label "
+                             f"{label_path} ({label.shape[::-1]})")
+        try:
+            matrix.update(prediction, label)
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from None
+        progress.step()
     return matrix

@@ -394,6 +394,7 @@ def train(settings: dict, *, variant: str, train_list: str, val_list: str | None
         step = AccumulateStep(net_with_loss, optimizer, dist.world_size, grad_accum)
 
     best = {"mIoU": -1.0, "iteration": None}
+    validation = _validation(net, val_list) if settings["eval_interval"] and val_list else None
     log_interval = max(1, int(settings["log_interval"]))
     started = time.perf_counter()
     window_start, window_steps = started, 0
@@ -430,8 +431,8 @@ def train(settings: dict, *, variant: str, train_list: str, val_list: str | None
         done = iteration + 1
         window_steps += 1
         val_miou = None
-        if settings["eval_interval"] and done % int(settings["eval_interval"]) == 0 and val_list:
-            val_miou = _evaluate_and_keep_best(net, val_list, settings, done, best, out_ckpt, dist)
+        if validation and done % int(settings["eval_interval"]) == 0:
+            val_miou = _evaluate_and_keep_best(validation, settings, done, best, out_ckpt, dist)
         if done % log_interval == 0 or done == iterations or val_miou is not None:
             now = time.perf_counter()
             mean_step = (now - window_start) / window_steps
@@ -487,10 +488,20 @@ def _wait_for_state(state: StateDir, timeout_s: float = 600.0):
     return checkpoints[-1][1] if checkpoints else None
 
 
-def _evaluate_and_keep_best(net, val_list, settings, iteration, best, out_ckpt, dist) -> float:
-    from segformer.engine.evaluate import evaluate_whole
+def _validation(net, val_list):
+    """(segmenter, val pairs) for the periodic whole-image validation (one compiled forward, reused)."""
+    from segformer.data.cityscapes import read_split_list
+    from segformer.engine.inference import Segmenter
 
-    matrix = evaluate_whole(net, val_list, num_classes=settings["num_classes"])
+    return Segmenter(net), read_split_list(val_list)
+
+
+def _evaluate_and_keep_best(validation, settings, iteration, best, out_ckpt, dist) -> float:
+    from segformer.engine.evaluate import evaluate_model
+
+    segmenter, pairs = validation
+    net = segmenter.net
+    matrix = evaluate_model(segmenter, pairs, num_classes=settings["num_classes"])
     miou = float(matrix.metrics()["mIoU"])
     log.info("iteration %d: val mIoU %.4f", iteration, miou)
     if miou > best["mIoU"]:

@@ -1,0 +1,150 @@
+"""Test-time inference as mmseg 0.x (the authors' code base) does it: whole image, sliding window, and
+multi-scale + flip. One `Segmenter` serves evaluation, rendering and the training-time validation, so
+the predictions that are scored are the ones that are drawn.
+
+For each test scale (the image resized, keeping its ratio, to fit `scale` x ratio; no `scale` means
+the image's own size x ratio) and each flip:
+- whole: the network sees the whole resized image; its H/4 logits are resized (bilinear) to the
+  network input's size (mmseg `encode_decode`);
+- slide: windows of `crop_size` every `stride` pixels, the last window of a row/column pushed back
+  inside the image; overlapping logits are averaged (mmseg `slide_inference`);
+then the logits are resized (bilinear, align_corners False) to the original image size, so that the
+argmax is taken at the label's full resolution. With one scale and no flip the logits decide; with
+several (or a flip), softmax probabilities are averaged over all of them (mmseg `aug_test`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import mindspore as ms
+import numpy as np
+from mindspore import Tensor, nn, ops
+
+from segformer.data.transforms import NormalizePadCHW, rescale_size, resize_pair
+from segformer.engine.inference_settings import InferenceSettings, window_boxes
+
+log = logging.getLogger(__name__)
+
+def load_model(variant: str, checkpoint, num_classes: int = 19) -> nn.Cell:
+    """SegFormer-`variant` with every parameter (head included) from a MindSpore checkpoint, in eval mode.
+
+    A checkpoint that does not fit (another variant, a backbone only, other classes) is refused with
+    every offending name listed (ConversionError, a ValueError).
+    """
+    from segformer.convert.weights import ConversionError, check_shapes, has_head
+    from segformer.models import build_model
+
+    net = build_model(variant, num_classes)
+    try:
+        params = ms.load_checkpoint(str(checkpoint))
+    except (RuntimeError, ValueError, OSError) as e:
+        raise ConversionError(f"{checkpoint}: not a readable MindSpore checkpoint ({e})") from None
+    params = {name: value for name, value in params.items() if not name.startswith("adamw_")}
+    if not has_head(params):
+        raise ConversionError(f"{checkpoint}: holds no decode head (a backbone-only checkpoint?); "
+                              f"evaluation needs a trained model")
+    check_shapes(params, {name: tuple(p.shape) for name, p in net.parameters_and_names()}, str(checkpoint))
+    ms.load_param_into_net(net, params, strict_load=True)
+    net.set_train(False)
+    return net
+
+
+class LogitsAtInputSize(nn.Cell):
+    """image [1, 3, h, w] -> logits [1, C, h, w]: the network, then bilinear up to its input's size."""
+
+    def __init__(self, net: nn.Cell):
+        super().__init__(auto_prefix=False)  # keep the model's parameter names (a prefix would rename them)
+        self.net = net
+
+    def construct(self, image):
+        logits = self.net(image)
+        return ops.interpolate(logits, size=image.shape[2:], mode="bilinear", align_corners=False)
+
+
+def softmax_channels(logits: np.ndarray) -> np.ndarray:
+    """Softmax over axis 0 (classes) of [C, H, W] float32, computed stably."""
+    shifted = logits - logits.max(axis=0, keepdims=True)
+    np.exp(shifted, out=shifted)
+    shifted /= shifted.sum(axis=0, keepdims=True)
+    return shifted
+
+
+class Segmenter:
+    """A model in eval mode that turns an H x W x 3 uint8 RGB image into class scores / train ids."""
+
+    def __init__(self, net: nn.Cell, settings: InferenceSettings | None = None, *, jit: bool = True):
+        self.net = net
+        self.settings = settings or InferenceSettings()
+        self.normalize = NormalizePadCHW()
+        cell = LogitsAtInputSize(net)
+        self._forward = ms.jit(cell.construct) if jit else cell
+
+    def input_sizes(self, width: int, height: int) -> list[tuple[int, int]]:
+        """(w, h) of the resized image for each test ratio (mmseg MultiScaleFlipAug + keep-ratio Resize)."""
+        base_w, base_h = self.settings.scale or (width, height)
+        return [rescale_size(width, height, (int(base_w * r), int(base_h * r))) for r in self.settings.ratios]
+
+    def network_logits(self, image: np.ndarray) -> Tensor:
+        """Normalised image (3 x h x w float32) -> logits [1, C, h, w] by whole or slide inference."""
+        batch = Tensor(image[None])
+        if self.settings.mode == "whole":
+            return self._forward(batch)
+        height, width = image.shape[1:]
+        total = count = None
+        for y1, y2, x1, x2 in window_boxes(height, width, self.settings.crop_size, self.settings.stride):
+            window = self._forward(batch[:, :, y1:y2, x1:x2]).asnumpy()[0]
+            if total is None:
+                total = np.zeros((window.shape[0], height, width), np.float32)
+                count = np.zeros((height, width), np.float32)
+            total[:, y1:y2, x1:x2] += window
+            count[y1:y2, x1:x2] += 1
+        return Tensor((total / count)[None])
+
+    def scores(self, image: np.ndarray) -> np.ndarray:
+        """[C, H, W] float32 at the image's own size: logits (single scale, no flip) or mean probabilities."""
+        height, width = image.shape[:2]
+        flips = (False, True) if self.settings.flip else (False,)
+        total, views = None, 0
+        for size in self.input_sizes(width, height):
+            resized, _ = resize_pair(image, None, size)
+            for flip in flips:
+                view = np.ascontiguousarray(resized[:, ::-1]) if flip else resized
+                logits = self.network_logits(self.normalize.normalize_chw(view))
+                if logits.shape[2:] != (height, width):
+                    logits = ops.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False)
+                scores = logits.asnumpy()[0]
+                if self.settings.averages_probabilities:
+                    scores = softmax_channels(scores)
+                if flip:
+                    scores = scores[:, :, ::-1]
+                total = scores if total is None else total + scores
+                views += 1
+        return total / views if views > 1 else total
+
+    def predict(self, image: np.ndarray) -> np.ndarray:
+        """H x W uint8 train ids (argmax of the scores; ties go to the lower class, as torch.argmax)."""
+        return self.scores(image).argmax(axis=0).astype(np.uint8)
+
+
+@dataclass
+class Progress:
+    """A log line every `every` items with rate and ETA (long evaluations and renderings show progress)."""
+
+    total: int
+    what: str
+    every: int = 10
+    start: float = field(default_factory=time.perf_counter)
+    done: int = 0
+
+    def step(self) -> None:
+        self.done += 1
+        if self.done % self.every and self.done != self.total:
+            return
+        elapsed = time.perf_counter() - self.start
+        rate = self.done / elapsed if elapsed > 0 else float("inf")
+        eta = (self.total - self.done) / rate if rate > 0 else 0.0
+        log.info("%s %d/%d (%.2f images/s, ETA %.0f s)", self.what, self.done, self.total, rate, eta)
+
