@@ -188,6 +188,8 @@ def final_outputs():
     per_variant = []
     for v in config["variants"]:
         per_variant += [f"{RESULTS}/{v}/miou.csv", f"{RESULTS}/{v}/infer", *export_files(v).values()]
+        if config["export"]["onnx"]:
+            per_variant.append(f"{RESULTS}/{v}/segformer_{v}.onnx")
     return per_variant + [f"{RESULTS}/summary.csv", f"{RESULTS}/summary.md", f"{RESULTS}/miou.png"]
 
 

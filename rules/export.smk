@@ -1,5 +1,5 @@
 # Export: each variant's model as a MindSpore graph (MINDIR; AIR too on Ascend), loaded back and checked
-# against the checkpoint model before it counts as written.
+# against the checkpoint model before it counts as written; optionally ONNX through Hugging Face.
 
 
 rule export:
@@ -24,3 +24,43 @@ rule export:
         "python {params.script} --variant {wildcards.variant} --ckpt_file {input.ckpt}"
         " --out {output.mindir} {params.air} --height {params.height} --width {params.width}"
         " --num_classes {params.num_classes} --device {params.device} > {log} 2>&1"
+
+
+rule export_hf:
+    input:
+        ckpt=f"{RESULTS}/{{variant}}/model.ckpt",
+    output:
+        folder=directory(f"{RESULTS}/{{variant}}/hf"),
+    log:
+        f"{RESULTS}/logs/export_hf_{{variant}}.log",
+    params:
+        script=script("convert_model.py"),
+    wildcard_constraints:
+        variant="b[0-5]",
+    conda:
+        "../envs/convert.yaml"
+    shell:
+        "python {params.script} --pt_model_path {input.ckpt} --ms_model_path {output.folder}"
+        " --variant {wildcards.variant} --to hf > {log} 2>&1"
+
+
+# Its own environment: onnx and onnxruntime need numpy 2, which MindSpore cannot load.
+rule export_onnx:
+    input:
+        hf=f"{RESULTS}/{{variant}}/hf",
+    output:
+        onnx=f"{RESULTS}/{{variant}}/segformer_{{variant}}.onnx",
+    log:
+        f"{RESULTS}/logs/export_onnx_{{variant}}.log",
+    params:
+        python=config["export"]["onnx_python"],
+        script=script("export_onnx.py"),
+        height=config["export"]["input_size"][0],
+        width=config["export"]["input_size"][1],
+    wildcard_constraints:
+        variant="b[0-5]",
+    conda:
+        "../envs/onnx.yaml"
+    shell:
+        "{params.python} {params.script} --hf_dir {input.hf} --out {output.onnx}"
+        " --height {params.height} --width {params.width} > {log} 2>&1"
