@@ -1,6 +1,8 @@
-"""The workflow run for real on a tiny demo (in a copy of the repository): every stage that exists,
-then the everyday behaviour users rely on: nothing to redo after a run, also after a `git pull`
-touches every source file; one variant's settings change reruns that variant's chain only."""
+"""The workflow run for real on a tiny demo (in a copy of the repository): every stage, for two variants
+(b0 trained here; b1 imported from a trained checkpoint in Hugging Face layout, so evaluated without
+training), then the everyday behaviour users rely on: nothing to redo after a run, also after a
+`git pull` touches every source file; one variant's settings change reruns that variant's chain and the
+summary only; one target builds only its chain; a failed job leaves no output; the report renders."""
 
 import os
 import subprocess
@@ -15,15 +17,18 @@ import yaml
 from conftest import copy_working_tree
 
 TINY = {
-    "variants": ["b0"],
+    "variants": ["b0", "b1"],
     "demo": {"width": 128, "height": 64, "train_images": 8, "val_images": 4},
     "train": {"iterations": 3, "batch_size": 2, "crop_size": [64, 64], "base_scale": [128, 64],
               "log_interval": 1, "checkpoint_interval": 0, "num_workers": 1, "schedule": {"warmup_iters": 1}},
+    "export": {"input_size": [64, 128]},
 }
+PER_VARIANT = ["miou.csv", "infer", "infer_preview.png", "segformer_{v}.mindir"]
 
 
 def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", "tiny.yaml", *args]
+    # targets first: --configfile and --config take every following word
+    command = [sys.executable, "-m", "snakemake", *args, "--cores", "2", "--configfile", "tiny.yaml"]
     return subprocess.run(command, cwd=workdir, capture_output=True, text=True, timeout=900)
 
 
@@ -43,22 +48,54 @@ def planned_jobs(result: subprocess.CompletedProcess) -> dict[str, int]:
     return jobs
 
 
+def trained_b1_in_hugging_face_layout(folder: Path) -> Path:
+    """Stands in for the authors' trained b1 (a Hugging Face folder with a decode head)."""
+    from segformer.convert.weights import ms_to_hf, write_hf
+    from segformer.models import build_model
+
+    params = {name: p.asnumpy() for name, p in build_model("b1").parameters_and_names()}
+    write_hf(folder, *ms_to_hf(params, "b1"))
+    return folder
+
+
+def planned_outputs(result: subprocess.CompletedProcess) -> list[str]:
+    """Every output file of the jobs a dry run lists."""
+    outputs = []
+    for line in result.stdout.splitlines():
+        if line.strip().startswith("output:"):
+            outputs += [name.strip() for name in line.split(":", 1)[1].split(",")]
+    return outputs
+
+
 @pytest.fixture(scope="module")
 def finished_workflow(tmp_path_factory):
     workdir = copy_working_tree(tmp_path_factory.mktemp("workflow"))
-    (workdir / "tiny.yaml").write_text(yaml.safe_dump(TINY))
+    b1 = trained_b1_in_hugging_face_layout(tmp_path_factory.mktemp("authors") / "segformer-b1-city")
+    (workdir / "tiny.yaml").write_text(yaml.safe_dump({**TINY, "weights": {"b1": str(b1)}}))
     result = snakemake(workdir)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     return workdir
 
 
-def test_the_demo_runs_every_stage(finished_workflow):
-    miou = pd.read_csv(finished_workflow / "results/b0/miou.csv")
-    assert list(miou.columns[:4]) == ["variant", "mIoU", "aAcc", "mAcc"] and len(miou.columns) == 4 + 19
-    assert miou.loc[0, "variant"] == "b0" and 0.0 <= miou.loc[0, "aAcc"] <= 1.0
+def test_the_demo_runs_every_stage_and_imports_a_trained_model(finished_workflow):
+    results = finished_workflow / "results"
+    for v in ("b0", "b1"):
+        miou = pd.read_csv(results / v / "miou.csv")
+        assert list(miou.columns[:4]) == ["variant", "mIoU", "aAcc", "mAcc"] and len(miou.columns) == 4 + 19
+        assert miou.loc[0, "variant"] == v and 0.0 <= miou.loc[0, "aAcc"] <= 1.0
+        for name in PER_VARIANT:
+            assert (results / v / name.format(v=v)).exists(), (v, name)
+        assert len(list((results / v / "infer/labelIds").glob("*_labelIds.png"))) == TINY["demo"]["val_images"]
+        assert "per class results" in (results / f"logs/evaluate_{v}.log").read_text()
     for name in ["model.ckpt", "train_log.csv", "train_curve.png"]:
-        assert (finished_workflow / "results/b0" / name).stat().st_size > 0
-    assert "per class results" in (finished_workflow / "results/logs/evaluate_b0.log").read_text()
+        assert (results / "b0" / name).stat().st_size > 0
+    assert not (results / "b1/train_log.csv").exists()  # imported, not trained
+    assert "wrote results/b1/model.ckpt" in (results / "logs/import_trained_b1.log").read_text()
+    summary = pd.read_csv(results / "summary.csv")
+    assert list(summary["variant"]) == ["b0", "b1"]
+    page = (results / "summary.md").read_text()
+    assert "synthetic demo" in page.lower() and "not trained here" in page and "76.2" in page
+    assert (results / "miou.png").stat().st_size > 0
 
 
 def test_nothing_to_do_after_a_run_even_after_sources_are_touched(finished_workflow):
@@ -76,10 +113,40 @@ def test_nothing_to_do_after_a_run_even_after_sources_are_touched(finished_workf
 def test_changing_one_variants_setting_reruns_its_chain_only(finished_workflow):
     result = snakemake(finished_workflow, "-n", "--config", "overrides={b0: {train: {iterations: 4}}}")
     assert result.returncode == 0, result.stderr
-    assert planned_jobs(result) == {"all": 1, "train": 1, "evaluate": 1}
+    assert planned_jobs(result) == {"all": 1, "train": 1, "evaluate": 1, "infer": 1, "export": 1, "summary": 1}
+    assert planned_outputs(result) and not [out for out in planned_outputs(result) if out.startswith("results/b1/")]
+
+
+def test_changing_the_evaluation_reruns_evaluation_rendering_and_summary(finished_workflow):
+    result = snakemake(finished_workflow, "-n", "--config", "evaluate={flip: true}")
+    assert result.returncode == 0, result.stderr
+    assert planned_jobs(result) == {"all": 1, "evaluate": 2, "infer": 2, "summary": 1}
 
 
 def test_one_target_builds_only_its_chain(finished_workflow):
-    result = snakemake(finished_workflow, "-n", "results/b1/model.ckpt")
+    result = snakemake(finished_workflow, "-n", "results/b2/miou.csv")
     assert result.returncode == 0, result.stderr
-    assert planned_jobs(result) == {"train": 1}
+    assert planned_jobs(result) == {"train": 1, "evaluate": 1}
+
+
+def test_a_failed_job_leaves_no_output(finished_workflow, tmp_path):
+    images = tmp_path / "photos"
+    images.mkdir()
+    (images / "broken.png").write_bytes(b"not a png")
+    result = snakemake(finished_workflow, "results/b0/infer", "--forcerun", "infer",
+                       "--config", f"infer={{images: {images}}}")
+    assert result.returncode != 0
+    b0 = finished_workflow / "results/b0"
+    assert not (b0 / "infer").exists() and not (b0 / "infer_preview.png").exists()
+    assert not [p.name for p in b0.iterdir() if p.name.startswith(".")]  # no half-written staging folder
+    assert "broken.png" in (finished_workflow / "results/logs/infer_b0.log").read_text()
+    rebuilt = snakemake(finished_workflow, "results/b0/infer")  # back to the configured images
+    assert rebuilt.returncode == 0, rebuilt.stderr[-3000:]
+
+
+def test_the_report_renders(finished_workflow):
+    result = snakemake(finished_workflow, "--report", "report.html")
+    assert result.returncode == 0, result.stderr[-3000:]
+    page = (finished_workflow / "report.html").read_text(errors="replace")
+    for expected in ("summary.csv", "miou.png", "train_curve.png", "infer_preview.png"):
+        assert expected in page, expected
