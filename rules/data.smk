@@ -6,6 +6,8 @@ rule demo_dataset:
         root=directory(DEMO_ROOT),
     log:
         f"{RESULTS}/logs/demo_dataset.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/demo_dataset.tsv"
     params:
         script=script("make_demo.py"),
         seed=config["demo"]["seed"],
@@ -30,6 +32,8 @@ rule convert_labels:
         manifest=f"{RESULTS}/data/manifest.json",
     log:
         f"{RESULTS}/logs/convert_labels.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/convert_labels.tsv"
     params:
         script=script("convert_dataset.py"),
         root=lambda wildcards: dataset_root(),

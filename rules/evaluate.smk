@@ -10,6 +10,8 @@ rule evaluate:
         miou=f"{RESULTS}/{{variant}}/miou.csv",
     log:
         f"{RESULTS}/logs/evaluate_{{variant}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/evaluate_{{variant}}.tsv"
     params:
         script=script("evaluate.py"),
         settings=inference_settings(),

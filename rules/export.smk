@@ -9,6 +9,8 @@ rule export:
         **export_files("{variant}"),
     log:
         f"{RESULTS}/logs/export_{{variant}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/export_{{variant}}.tsv"
     params:
         script=script("export.py"),
         height=config["export"]["input_size"][0],
@@ -33,6 +35,8 @@ rule export_hf:
         folder=directory(f"{RESULTS}/{{variant}}/hf"),
     log:
         f"{RESULTS}/logs/export_hf_{{variant}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/export_hf_{{variant}}.tsv"
     params:
         script=script("convert_model.py"),
     wildcard_constraints:
@@ -52,6 +56,8 @@ rule export_onnx:
         onnx=f"{RESULTS}/{{variant}}/segformer_{{variant}}.onnx",
     log:
         f"{RESULTS}/logs/export_onnx_{{variant}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/export_onnx_{{variant}}.tsv"
     params:
         python=config["export"]["onnx_python"],
         script=script("export_onnx.py"),

@@ -16,6 +16,8 @@ rule infer:
         ),
     log:
         f"{RESULTS}/logs/infer_{{variant}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/infer_{{variant}}.tsv"
     params:
         script=script("infer.py"),
         settings=inference_settings(),

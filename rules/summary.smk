@@ -11,6 +11,8 @@ rule summary:
         png=report(f"{RESULTS}/miou.png", caption="../report/miou.rst", category="Results"),
     log:
         f"{RESULTS}/logs/summary.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/summary.tsv"
     params:
         script=script("summarize.py"),
         evaluation=evaluation_description(),

@@ -18,6 +18,8 @@ rule train:
         ),
     log:
         f"{RESULTS}/logs/train_{{variant}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/train_{{variant}}.tsv"
     params:
         launcher=script("launch_train.py"),
         per_node=lambda wildcards: per_node_prefix(),
@@ -54,6 +56,8 @@ rule import_trained:
         ckpt=f"{RESULTS}/{{variant}}/model.ckpt",
     log:
         f"{RESULTS}/logs/import_trained_{{variant}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/import_trained_{{variant}}.tsv"
     params:
         script=script("convert_model.py"),
         num_classes=lambda wildcards: train_settings(wildcards.variant)["num_classes"],

@@ -8,6 +8,8 @@ rule convert_pretrained:
         ckpt=f"{RESULTS}/pretrained/mit_{{variant}}.ckpt",
     log:
         f"{RESULTS}/logs/convert_pretrained_{{variant}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/convert_pretrained_{{variant}}.tsv"
     params:
         script=script("convert_model.py"),
     wildcard_constraints:

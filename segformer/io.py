@@ -43,6 +43,7 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; the finished file gets the usual permissions
     try:
         yield tmp
+        os.chmod(tmp, 0o666 & ~_UMASK)  # again: MindSpore's savers make their files 0400
         os.replace(tmp, path)
     finally:
         if tmp.exists():
@@ -64,6 +65,7 @@ def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
     os.chmod(tmp, 0o777 & ~_UMASK)  # mkdtemp makes 0700
     try:
         yield tmp
+        os.chmod(tmp, 0o666 & ~_UMASK)  # again: MindSpore's savers make their files 0400
         os.replace(tmp, path)
     finally:
         if tmp.exists():

@@ -36,13 +36,15 @@ def parse_args(argv=None):
     parser.add_argument("--data_path", required=True, help="split list (IMAGE<TAB>LABEL) or Cityscapes root")
     parser.add_argument("--split", default="val", help="split of a Cityscapes root (default val)")
     parser.add_argument("--out", required=True, help="miou.csv to write")
-    parser.add_argument("--name", default=None, help="the csv's variant column (default: --variant, or 'predictions')")
+    parser.add_argument("--name", default=None, help="the csv's variant column (default: --variant, else 'predictions')")
     parser.add_argument("--num_classes", type=int, default=None, help="default: the config's train.num_classes (19)")
     args = parser.parse_args(argv)
     if (args.pred_dir is None) == (args.eval_ckpt_path is None):
         parser.error("give either --eval_ckpt_path (with --variant) or --pred_dir")
     if args.eval_ckpt_path and not args.variant:
         parser.error("--eval_ckpt_path needs --variant")
+    if args.pred_dir and (args.settings or args.device):
+        parser.error("--pred_dir scores files on disk: --settings and --device do not apply")
     return args
 
 
@@ -80,7 +82,7 @@ def run(args):
 
         matrix = score_predictions(args.pred_dir, pairs, num_classes)
         log.info("scored %d predictions in %s (%.1f s)", len(pairs), args.pred_dir, time.perf_counter() - start)
-        return matrix, args.name or "predictions"
+        return matrix, args.name or args.variant or "predictions"
 
     import mindspore as ms
 
