@@ -19,8 +19,8 @@ from segformer.settings import (
     fill_defaults_and_validate,
     load_schema,
     unknown_keys,
-    variant_section,
 )
+from segformer.settings import train_settings as segformer_train_settings
 
 
 def validate_config(settings):
@@ -35,7 +35,7 @@ def validate_config(settings):
         )
     validate(settings, schema="../schemas/config.schema.yaml")
     for variant in settings["overrides"]:
-        merged = variant_section(settings, "train", variant)
+        merged = segformer_train_settings(settings, variant)
         fill_defaults_and_validate({**settings, "train": merged}, f"overrides.{variant}")
 
 
@@ -135,8 +135,9 @@ def pretrained_checkpoint(wildcards):
 
 
 def train_settings(variant):
-    """The variant's training settings (shared `train` with overrides.<variant>.train merged in)."""
-    return variant_section(config, "train", variant)
+    """The variant's training settings (shared `train`, the demo's per-variant iterations on the demo,
+    overrides.<variant>.train), as segformer.settings computes them for scripts run by hand."""
+    return segformer_train_settings(config, variant)
 
 
 def per_node_prefix():

@@ -134,3 +134,13 @@ def variant_section(config: dict, section: str, variant: str) -> dict:
     """config[section] with config['overrides'][variant][section] merged over it."""
     override = config.get("overrides", {}).get(variant, {}).get(section, {})
     return deep_merge(config[section], override)
+
+
+def train_settings(config: dict, variant: str) -> dict:
+    """A variant's training settings: the shared `train` section; on the demo dataset (no dataset_root)
+    the demo's iteration count for that variant (demo.iterations); then overrides.<variant>.train."""
+    shared = config["train"]
+    demo_iterations = (config.get("demo") or {}).get("iterations") or {}
+    if config.get("dataset_root") is None and variant in demo_iterations:
+        shared = {**shared, "iterations": demo_iterations[variant]}
+    return deep_merge(shared, config.get("overrides", {}).get(variant, {}).get("train", {}))

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from segformer.engine.train import TrainingDiverged, configure_logging, train
-from segformer.settings import deep_merge, fill_defaults_and_validate, load_config, variant_section
+from segformer.settings import deep_merge, fill_defaults_and_validate, load_config, train_settings
 
 
 def parse_args(argv=None):
@@ -49,7 +49,7 @@ def main(argv=None) -> int:
         print(f"error: --settings is not valid JSON: {error}", file=sys.stderr)
         return 2
     config = load_config(args.config_path)
-    settings = deep_merge(variant_section(config, "train", args.variant), settings_override)
+    settings = deep_merge(train_settings(config, args.variant), settings_override)
     settings = fill_defaults_and_validate({**config, "train": settings}, "--settings")["train"]
     out_dir = Path(args.out_dir) if args.out_dir else Path(args.ckpt).parent
     try:
