@@ -14,6 +14,7 @@ of warm-up and timed runs; the median of the timed runs is reported, and MindSpo
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -132,6 +133,7 @@ def pool_runs(pooled, framework, results):
     if framework not in pooled:
         pooled[framework] = results
         return
+    pooled[framework]["peak_rss_mib"] = max(pooled[framework]["peak_rss_mib"], results["peak_rss_mib"])
     for batch, figures in results.items():
         if isinstance(figures, dict):
             pooled[framework][batch]["runs_s"] += figures["runs_s"]
@@ -155,6 +157,8 @@ def report(args, mindspore_results, torch_results):
                      "pytorch_runs_s": pt_run["runs_s"]})
         print(f"{batch:>5}  {ms_median:>11.3f}  {pt_median:>9.3f}  {ms_median / pt_median:>11.2f}  "
               f"{ms_run['first_call_s']:>16.1f}")
+    print(f"peak RSS of the worker process: MindSpore {mindspore_results['peak_rss_mib']:.0f} MiB, "
+          f"PyTorch {torch_results['peak_rss_mib']:.0f} MiB")
     return rows
 
 
@@ -163,7 +167,9 @@ def main(argv=None):
     args = parse_args(argv)
     if args.framework:
         worker = mindspore_worker if args.framework == "mindspore" else torch_worker
-        print(json.dumps(worker(args)))
+        results = worker(args)
+        results["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+        print(json.dumps(results))
         return
     pooled = {}
     for round_index in range(args.rounds):

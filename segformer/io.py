@@ -65,7 +65,6 @@ def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
     os.chmod(tmp, 0o777 & ~_UMASK)  # mkdtemp makes 0700
     try:
         yield tmp
-        os.chmod(tmp, 0o666 & ~_UMASK)  # again: MindSpore's savers make their files 0400
         os.replace(tmp, path)
     finally:
         if tmp.exists():

@@ -47,6 +47,18 @@ def copy_working_tree(dest: Path) -> Path:
     return dest
 
 
+@pytest.fixture(scope="module")
+def pynative_cpu():
+    """MindSpore on CPU in PyNative mode for one test module (no graph compiles), restored after."""
+    import mindspore
+
+    mindspore.set_device("CPU")
+    mode = mindspore.get_context("mode")
+    mindspore.set_context(mode=mindspore.PYNATIVE_MODE)
+    yield
+    mindspore.set_context(mode=mode)
+
+
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory):
     """A tiny demo dataset with its train-id labels and split lists: {'root', 'data', 'train', 'val'}."""

@@ -38,13 +38,7 @@ def small_shape(variant):
     return SHAPES.get(variant, (1, 3, 32, 32))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def pynative_cpu():
-    mindspore.set_device("CPU")
-    mode = mindspore.get_context("mode")
-    mindspore.set_context(mode=mindspore.PYNATIVE_MODE)
-    yield
-    mindspore.set_context(mode=mode)
+pytestmark = pytest.mark.usefixtures("pynative_cpu")
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -51,3 +51,19 @@ def test_numpy_and_torch_pins_hold_everywhere():
                 assert not requirement.specifier.contains("2.0.0")
             if requirement.name == "torch":
                 assert str(requirement.specifier) == "==2.13.0"
+
+
+def test_the_orchestrator_shares_the_stages_environment_with_the_numpy1_slurm_plugin():
+    """The choice (README, envs/cluster.yaml): one environment holds MindSpore, Snakemake and the SLURM
+    plugin, so the plugin is pinned to the last numpy-1 release; the installed one must be it."""
+    from importlib.metadata import requires, version
+
+    pins = {r.name: r for r in env_requirements(ROOT / "envs/cluster.yaml")}
+    assert str(pins["snakemake-executor-plugin-slurm"].specifier) == "==2.6.1"
+    assert str(pins["snakemake-executor-plugin-slurm-jobstep"].specifier) == "==0.6.1"
+    assert "mindspore" in pins and not pins["numpy"].specifier.contains("2.0.0")
+    assert version("snakemake-executor-plugin-slurm") == "2.6.1"
+    assert version("snakemake-executor-plugin-slurm-jobstep") == "0.6.1"
+    assert version("numpy").startswith("1.")
+    numpy_needs = [r for r in map(Requirement, requires("snakemake-executor-plugin-slurm") or []) if r.name == "numpy"]
+    assert all(r.specifier.contains(version("numpy")) for r in numpy_needs)

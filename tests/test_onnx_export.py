@@ -91,13 +91,7 @@ def run_export(python, hf_dir, out, *extra):
 # ---------------------------------------------------------------------------------------------------------
 # Our model: a randomised b0, its checkpoint, its Hugging Face folder.
 
-@pytest.fixture(scope="module", autouse=True)
-def pynative_cpu():
-    mindspore.set_device("CPU")
-    mode = mindspore.get_context("mode")
-    mindspore.set_context(mode=mindspore.PYNATIVE_MODE)
-    yield
-    mindspore.set_context(mode=mode)
+pytestmark = pytest.mark.usefixtures("pynative_cpu")
 
 
 def randomise(net, seed=0):
