@@ -79,7 +79,7 @@ def dataset_input():
     return [str(f) for f in files]
 
 
-VARIANTS = ("b0", "b1", "b2", "b3", "b4", "b5")
+VARIANTS = tuple(load_schema()["$defs"]["variant"]["enum"])  # b0..b5, named in one place
 
 
 @functools.lru_cache(maxsize=None)
