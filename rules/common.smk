@@ -11,7 +11,6 @@ from snakemake.utils import validate
 
 sys.path.insert(0, workflow.basedir)  # the segformer library, also when not pip-installed
 
-from segformer.convert.weights import holds_decode_head
 from segformer.engine.inference_settings import InferenceSettings
 from segformer.settings import (
     coerce_command_line_strings,
@@ -89,6 +88,8 @@ def imports_trained_model(variant):
     source = config["weights"].get(variant)
     if source is None:
         return False
+    from segformer.convert.weights import holds_decode_head  # imports MindSpore: only when needed
+
     try:
         return holds_decode_head(source)
     except ValueError as error:

@@ -28,6 +28,7 @@ from segformer.engine.inference_settings import InferenceSettings, window_boxes
 
 log = logging.getLogger(__name__)
 
+
 def load_model(variant: str, checkpoint, num_classes: int = 19) -> nn.Cell:
     """SegFormer-`variant` with every parameter (head included) from a MindSpore checkpoint, in eval mode.
 
