@@ -159,7 +159,8 @@ def evaluation_description():
 
 
 def summary_flags():
-    """summarize.py flags: which paper column to compare with, demo data or not, imported models."""
+    """summarize.py flags: which paper column to compare with, demo data or not, and a note for each
+    variant imported rather than trained, or trained for another number of iterations."""
     flags = []
     if InferenceSettings.from_config(config["evaluate"]).averages_probabilities:
         flags.append("--multi_scale")
@@ -168,7 +169,11 @@ def summary_flags():
     for v in config["variants"]:
         if imports_trained_model(v):
             note = f"{v}=converted from {config['weights'][v]} and evaluated as given (not trained here)"
-            flags.append(f"--note {shlex.quote(note)}")
+        elif train_settings(v)["iterations"] != config["train"]["iterations"]:
+            note = f"{v}=trained for {train_settings(v)['iterations']} iterations (train.iterations: {config['train']['iterations']})"
+        else:
+            continue
+        flags.append(f"--note {shlex.quote(note)}")
     return " ".join(flags)
 
 
