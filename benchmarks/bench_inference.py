@@ -13,12 +13,11 @@ of warm-up and timed runs; the median of the timed runs is reported, and MindSpo
 
 import argparse
 import json
-import os
-import resource
 import statistics
-import subprocess
 import sys
 import time
+
+from workers import peak_rss_mib, run_worker   # same directory: on sys.path when run as a script
 
 # HF config of each variant (retyped from the variant table; num_labels set per run).
 HF_SHAPES = {
@@ -109,25 +108,6 @@ def torch_worker(args):
     return results
 
 
-def run_worker(framework: str, argv):
-    """Run this script as a worker for one framework; its last stdout line is the JSON result."""
-    env = dict(os.environ)
-    threads = str(parse_args(argv).threads)
-    env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads, OPENBLAS_NUM_THREADS=threads,
-               GLOG_v=env.get("GLOG_v", "3"))
-    wait_policy = parse_args(argv).omp_wait_policy
-    if wait_policy == "unset":
-        env.pop("OMP_WAIT_POLICY", None)
-    else:
-        env["OMP_WAIT_POLICY"] = wait_policy
-    completed = subprocess.run([sys.executable, os.path.abspath(__file__), *argv, "--framework", framework],
-                               env=env, capture_output=True, text=True)
-    if completed.returncode != 0:
-        sys.stderr.write(completed.stderr[-4000:])
-        raise SystemExit(f"bench_inference: the {framework} worker failed with exit code {completed.returncode}")
-    return json.loads(completed.stdout.strip().splitlines()[-1])
-
-
 def pool_runs(pooled, framework, results):
     """Add one worker's timed runs to the pool of its framework (first-call times: from the first worker)."""
     if framework not in pooled:
@@ -168,14 +148,14 @@ def main(argv=None):
     if args.framework:
         worker = mindspore_worker if args.framework == "mindspore" else torch_worker
         results = worker(args)
-        results["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+        results["peak_rss_mib"] = peak_rss_mib()
         print(json.dumps(results))
         return
     pooled = {}
     for round_index in range(args.rounds):
         order = ("mindspore", "torch") if round_index % 2 == 0 else ("torch", "mindspore")
         for framework in order:
-            pool_runs(pooled, framework, run_worker(framework, argv))
+            pool_runs(pooled, framework, run_worker(__file__, framework, argv, args.threads, args.omp_wait_policy))
     rows = report(args, pooled["mindspore"], pooled["torch"])
     if args.json:
         from segformer.io import write_json

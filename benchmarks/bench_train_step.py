@@ -16,14 +16,12 @@ slower); peak RSS of each worker process. Not a test: run it on an otherwise idl
 
 import argparse
 import json
-import os
-import resource
 import statistics
-import subprocess
 import sys
 import time
 
 from bench_inference import HF_SHAPES, timed_runs   # same directory: on sys.path when run as a script
+from workers import peak_rss_mib, run_worker
 
 BASE_LR, WEIGHT_DECAY, HEAD_LR_MULT = 6e-5, 0.01, 10.0   # the official recipe
 IGNORE_INDEX = 255
@@ -68,8 +66,7 @@ def measure(step_once, args):
     first_loss = step_once()
     first_step = time.perf_counter() - start
     seconds = timed_runs(step_once, args.warmup, args.runs)
-    peak_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024   # KiB on Linux
-    return {"first_step_s": first_step, "runs_s": seconds, "first_loss": first_loss, "peak_rss_mib": peak_rss_mib}
+    return {"first_step_s": first_step, "runs_s": seconds, "first_loss": first_loss, "peak_rss_mib": peak_rss_mib()}
 
 
 def mindspore_worker(args):
@@ -131,24 +128,6 @@ def torch_worker(args):
     return results
 
 
-def run_worker(framework: str, args, argv):
-    """Run this script as a worker for one framework; its last stdout line is the JSON result."""
-    env = dict(os.environ)
-    threads = str(args.threads)
-    env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads, OPENBLAS_NUM_THREADS=threads,
-               GLOG_v=env.get("GLOG_v", "3"))
-    if args.omp_wait_policy == "unset":
-        env.pop("OMP_WAIT_POLICY", None)
-    else:
-        env["OMP_WAIT_POLICY"] = args.omp_wait_policy
-    completed = subprocess.run([sys.executable, os.path.abspath(__file__), *argv, "--framework", framework],
-                               env=env, capture_output=True, text=True)
-    if completed.returncode != 0:
-        sys.stderr.write(completed.stderr[-4000:])
-        raise SystemExit(f"bench_train_step: the {framework} worker failed with exit code {completed.returncode}")
-    return json.loads(completed.stdout.strip().splitlines()[-1])
-
-
 def report(args, results):
     print(f"SegFormer-{args.variant} training step, batch {args.batch} x 3 x {args.height} x {args.width}, "
           f"{args.threads} threads (OMP_WAIT_POLICY {args.omp_wait_policy}), median of {args.runs} steps after "
@@ -173,7 +152,7 @@ def main(argv=None):
         print(json.dumps(worker(args)))
         return
     frameworks = ["mindspore"] if args.demo else ["mindspore", "torch"]
-    results = {framework: run_worker(framework, args, argv) for framework in frameworks}
+    results = {framework: run_worker(__file__, framework, argv, args.threads, args.omp_wait_policy) for framework in frameworks}
     report(args, results)
     if args.json:
         from segformer.io import write_json

@@ -100,6 +100,14 @@ def read_image_rgb(path: str | os.PathLike) -> np.ndarray:
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
+def read_train_ids(path: str | os.PathLike) -> np.ndarray:
+    """A label or prediction PNG of train ids: single-channel and 8-bit, else an error naming the file."""
+    label = read_label(path)
+    if label.dtype != np.uint8:
+        raise ValueError(f"{path}: train ids must be an 8-bit PNG, found dtype {label.dtype}")
+    return label
+
+
 def read_label(path: str | os.PathLike) -> np.ndarray:
     """Read a single-channel uint8 label PNG (train ids or label ids) exactly as stored."""
     label = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)

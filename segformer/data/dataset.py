@@ -25,7 +25,7 @@ import numpy as np
 
 from segformer.data.cityscapes import read_split_list
 from segformer.data.transforms import IGNORE_INDEX, MEAN, STD, build_train_transform
-from segformer.io import read_image_rgb, read_label
+from segformer.io import read_image_rgb, read_train_ids
 
 # Distinct first words keep the shuffle and augmentation streams independent for the same seed.
 _SHUFFLE_STREAM = 0
@@ -108,9 +108,7 @@ class CityscapesSource:
             cv2.setNumThreads(self.cv2_threads)
         image_path, label_path = self.images[index], self.labels[index]
         image = read_image_rgb(image_path)
-        label = read_label(label_path)
-        if label.dtype != np.uint8:
-            raise ValueError(f"{label_path}: label must be 8-bit train ids, found dtype {label.dtype}")
+        label = read_train_ids(label_path)
         if label.shape != image.shape[:2]:
             raise ValueError(
                 f"{label_path}: label size {label.shape[::-1]} differs from image {image_path} size {image.shape[1::-1]}"

@@ -13,23 +13,15 @@ import os
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 
 from segformer.data.cityscapes import image_stem
 from segformer.engine.inference import Progress, Segmenter
-from segformer.io import read_image_rgb, read_label
+from segformer.io import read_image_rgb, read_train_ids
 from segformer.metrics import ConfusionMatrix
 
 log = logging.getLogger(__name__)
 
 Pairs = Sequence[tuple[Path, Path]]
-
-
-def read_train_ids(label_path: str | os.PathLike) -> np.ndarray:
-    label = read_label(label_path)
-    if label.dtype.kind != "u" or label.dtype.itemsize != 1:
-        raise ValueError(f"{label_path}: train ids must be an 8-bit PNG, found dtype {label.dtype}")
-    return label
 
 
 def evaluate_model(segmenter: Segmenter, pairs: Pairs, num_classes: int = 19) -> ConfusionMatrix:
@@ -59,16 +51,15 @@ def score_predictions(pred_dir: str | os.PathLike, pairs: Pairs, num_classes: in
     Every frame needs its prediction, at its label's size: anything else is an error naming the file
     (a skipped frame would silently change the score).
     """
-    missing = [prediction_path(pred_dir, image) for image, _ in pairs
-               if not prediction_path(pred_dir, image).is_file()]
+    predictions = [prediction_path(pred_dir, image) for image, _ in pairs]
+    missing = [path for path in predictions if not path.is_file()]
     if missing:
         shown = ", ".join(str(p) for p in missing[:5])
         raise FileNotFoundError(f"{len(missing)} of {len(pairs)} predictions missing: {shown}"
                                 + (" ..." if len(missing) > 5 else ""))
     matrix = ConfusionMatrix(num_classes)
     progress = Progress(len(pairs), "scored", every=100)
-    for image_path, label_path in pairs:
-        path = prediction_path(pred_dir, image_path)
+    for path, (_, label_path) in zip(predictions, pairs):
         prediction, label = read_train_ids(path), read_train_ids(label_path)
         if prediction.shape != label.shape:
             raise ValueError(f"{path}: prediction size {prediction.shape[::-1]} differs from its label "

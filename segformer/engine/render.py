@@ -50,12 +50,13 @@ def render(image: np.ndarray, train_ids: np.ndarray) -> dict[str, np.ndarray]:
     """{'gray', 'color', 'overlap', 'labelIds'} arrays ready for write_png (colour ones in BGR)."""
     colours, label_ids = train_id_tables()
     color_rgb = colours[train_ids]
-    if color_rgb.shape[:2] != image.shape[:2]:
-        color_rgb = cv2.resize(color_rgb, image.shape[1::-1], interpolation=cv2.INTER_NEAREST)
-    overlap_rgb = cv2.addWeighted(image, 0.5, color_rgb, 0.5, 0.0)
+    over_image = color_rgb
+    if over_image.shape[:2] != image.shape[:2]:
+        over_image = cv2.resize(color_rgb, image.shape[1::-1], interpolation=cv2.INTER_NEAREST)
+    overlap_rgb = cv2.addWeighted(image, 0.5, over_image, 0.5, 0.0)
     return {
         "gray": train_ids,
-        "color": cv2.cvtColor(colours[train_ids], cv2.COLOR_RGB2BGR),
+        "color": cv2.cvtColor(color_rgb, cv2.COLOR_RGB2BGR),
         "overlap": cv2.cvtColor(overlap_rgb, cv2.COLOR_RGB2BGR),
         "labelIds": label_ids[train_ids],
     }
