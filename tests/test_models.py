@@ -18,7 +18,8 @@ from mindspore.nn.utils import no_init_parameters
 
 from segformer.models import build_model, count_parameters, resolve_formulation, variant_from_config
 from segformer.models.head import SegFormerHead
-from segformer.models.layers import DepthwiseConv3x3, DropPath, OverlapPatchConv, SpatialReductionConv
+from segformer.models.layers import DepthwiseConv3x3, OverlapPatchConv, SpatialReductionConv
+from segformer.models.stochastic import ChannelDropout, DropPath, MaskLayout, draw_masks
 from segformer.models.sync_bn import AllReduceBatchNorm2d
 
 ms.set_device("CPU")
@@ -392,14 +393,57 @@ def test_drop_path_rates_spread_linearly_over_all_blocks():
 def test_drop_path_drops_whole_samples_and_rescales():
     layer = DropPath(0.5)
     x = ms.Tensor(np.ones((400, 3, 2), np.float32))
+    (keep,), _ = draw_masks(MaskLayout((0.5,), 1, 1.0), 400, seed=0, rank=0, iteration=0)
     layer.set_train(True)
-    y = layer(x).asnumpy()
+    y = layer(x, ms.Tensor(keep)).asnumpy()
     per_sample = y.reshape(400, -1)
     assert set(np.unique(per_sample)) <= {0.0, 2.0}
     assert (per_sample.min(axis=1) == per_sample.max(axis=1)).all()
+    np.testing.assert_array_equal(per_sample[:, 0] == 2.0, keep == 1.0)
     assert 120 < (per_sample[:, 0] == 0).sum() < 280
+    with pytest.raises(ValueError, match="keep mask"):
+        layer(x, None)
     layer.set_train(False)
-    np.testing.assert_array_equal(layer(x).asnumpy(), x.asnumpy())
+    np.testing.assert_array_equal(layer(x, None).asnumpy(), x.asnumpy())
+
+
+def test_channel_dropout_drops_whole_channels_and_rescales():
+    layer = ChannelDropout(0.25)
+    x = ms.Tensor(np.ones((3, 8, 4, 5), np.float32))
+    _, keep = draw_masks(MaskLayout((), 8, 0.75), 3, seed=0, rank=0, iteration=0)
+    layer.set_train(True)
+    y = layer(x, ms.Tensor(keep)).asnumpy()
+    np.testing.assert_array_equal(y, np.broadcast_to(keep[:, :, None, None] / 0.75, y.shape).astype(np.float32))
+    layer.set_train(False)
+    np.testing.assert_array_equal(layer(x, None).asnumpy(), x.asnumpy())
+
+
+def test_training_masks_have_the_official_distribution_and_are_a_function_of_seed_rank_iteration():
+    """keep ~ Bernoulli(1 - p) independently per (draw, sample) and per (sample, channel), as timm's
+    drop_path and torch's Dropout2d: checked by the counts against binomial bounds (6 sigma) and by
+    independence between rows; and the masks are reproducible and differ per rank, iteration, micro-step."""
+    net = build_model("b2", head_dropout=0.1)   # drop path 0 .. 0.1 over 16 blocks, 32 draws
+    layout = net.mask_layout
+    assert layout.path_keep_probs == tuple(1 - r for r in net.backbone.drop_path_rates for _ in range(2))
+    assert (layout.channels, layout.channel_keep_prob) == (768, pytest.approx(0.9))
+    batch, repeats = 64, 40
+    path = np.concatenate([draw_masks(layout, batch, seed=3, rank=0, iteration=i)[0] for i in range(repeats)], 1)
+    channel = np.concatenate([draw_masks(layout, batch, seed=3, rank=0, iteration=i)[1] for i in range(repeats)])
+    probs = np.asarray(layout.path_keep_probs)
+    n = batch * repeats
+    assert np.all(np.abs(path.mean(1) - probs) <= 6 * np.sqrt(probs * (1 - probs) / n) + 1e-12)
+    assert path[0].all() and path[1].all(), "the first block has drop path 0: always kept"
+    m = channel.size
+    assert abs(channel.mean() - 0.9) <= 6 * np.sqrt(0.09 / m)
+    last = path[-1] - path[-1].mean()
+    assert abs(np.mean(last * (path[-3] - path[-3].mean()))) < 6 * 0.09 / np.sqrt(n), "draws are independent"
+    same = draw_masks(layout, 2, seed=3, rank=1, iteration=7, micro_step=1)
+    again = draw_masks(layout, 2, seed=3, rank=1, iteration=7, micro_step=1)
+    for a, b in zip(same, again):
+        np.testing.assert_array_equal(a, b)
+    for other in ({"rank": 0}, {"iteration": 8}, {"micro_step": 0}, {"seed": 4}):
+        args = {"seed": 3, "rank": 1, "iteration": 7, "micro_step": 1, **other}
+        assert not np.array_equal(draw_masks(layout, 2, **args)[1], same[1]), other
 
 
 def test_official_initialisation():
@@ -472,10 +516,11 @@ def test_graph_mode_training_step_and_channel_error(tmp_path, monkeypatch):
     net = build_model("b0", sync_bn=True)
     net.set_train(True)
     image = random_image((2, 3, 64, 64))
+    masks = [ms.Tensor(mask) for mask in draw_masks(net.mask_layout, 2, seed=0, rank=0, iteration=0)]
     ms.set_context(mode=ms.GRAPH_MODE)
     try:
         def loss_fn(x):
-            return (net(x) ** 2).mean()
+            return (net(x, *masks) ** 2).mean()
 
         grad_fn = ms.value_and_grad(loss_fn, None, net.trainable_params())
         loss, grads = grad_fn(image)

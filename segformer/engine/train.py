@@ -41,8 +41,10 @@ from segformer.engine.loss import SegCrossEntropyLoss
 from segformer.engine.optim import AdamW, build_param_groups, describe_param_groups
 from segformer.engine.schedule import PolySchedule
 from segformer.engine.state import StateDir
+from segformer.engine.step import DynamicLossScale, TrainStep, to_mixed_precision
 from segformer.io import atomic_path, write_text
 from segformer.models import build_model
+from segformer.models.stochastic import draw_masks
 
 log = logging.getLogger(__name__)
 
@@ -76,143 +78,6 @@ def init_distributed() -> Distributed:
     init()
     ms.set_auto_parallel_context(parallel_mode=ms.ParallelMode.DATA_PARALLEL, gradients_mean=True)
     return Distributed(rank=get_rank(), world_size=get_group_size())
-
-
-class NetWithLoss(nn.Cell):
-    def __init__(self, net: nn.Cell, loss_fn: nn.Cell):
-        super().__init__(auto_prefix=False)
-        self.net = net
-        self.loss_fn = loss_fn
-
-    def construct(self, image, label):
-        return self.loss_fn(self.net(image), label)
-
-
-def gradient_reducer(weights, world_size: int):
-    """Averages gradients over the data-parallel devices (the identity on one device)."""
-    return nn.DistributedGradReducer(weights, mean=True, degree=world_size) if world_size > 1 else ops.identity
-
-
-class TrainStep(nn.Cell):
-    """One optimizer step: loss, gradients (averaged over devices), AdamW update. Returns the loss."""
-
-    def __init__(self, net_with_loss: NetWithLoss, optimizer: AdamW, world_size: int):
-        super().__init__(auto_prefix=False)
-        self.net_with_loss = net_with_loss
-        self.optimizer = optimizer
-        self.weights = optimizer.parameters
-        self.grad = ops.GradOperation(get_by_list=True)
-        self.reduce = gradient_reducer(self.weights, world_size)
-
-    def construct(self, image, label):
-        loss = self.net_with_loss(image, label)
-        grads = self.grad(self.net_with_loss, self.weights)(image, label)
-        self.optimizer(self.reduce(grads))
-        return loss
-
-
-@dataclass
-class DynamicLossScale:
-    """Loss scale as torch GradScaler / MindSpore DynamicLossScaleManager: divide by `factor` on an
-    overflowed step (not below `min_scale`), multiply by it after `window` consecutive good steps."""
-
-    scale: float = 65536.0
-    factor: float = 2.0
-    window: int = 1000
-    good_steps: int = 0
-    min_scale: float = 1.0
-
-    @classmethod
-    def from_config(cls, config: dict | None) -> "DynamicLossScale":
-        config = dict(config or {})
-        unknown = set(config) - {"init", "factor", "window"}
-        if unknown:
-            raise ValueError(f"train.loss_scale: unknown keys {sorted(unknown)} (expected init, factor, window)")
-        scaler = cls(scale=float(config.get("init", 65536.0)), factor=float(config.get("factor", 2.0)),
-                     window=int(config.get("window", 1000)))
-        if not (scaler.scale >= scaler.min_scale and scaler.factor > 1.0 and scaler.window >= 1):
-            raise ValueError(f"train.loss_scale: need init >= 1, factor > 1, window >= 1; got {config}")
-        return scaler
-
-    def update(self, finite: bool) -> None:
-        if finite:
-            self.good_steps += 1
-            if self.good_steps >= self.window:
-                self.scale *= self.factor
-                self.good_steps = 0
-        else:
-            self.scale = max(self.scale / self.factor, self.min_scale)
-            self.good_steps = 0
-
-
-class AllFinite(nn.Cell):
-    """True when every tensor of a tuple is finite (one compiled check instead of one per tensor)."""
-
-    def construct(self, tensors):
-        return ms.amp.all_finite(tensors)
-
-
-class AccumulateStep(nn.Cell):
-    """Gradient accumulation: `accumulate` adds one micro-batch's gradients, `apply` steps on their mean.
-
-    Used when grad_accum > 1, so that fewer devices can still reach the official global batch.
-    """
-
-    def __init__(self, net_with_loss: NetWithLoss, optimizer: AdamW, world_size: int, grad_accum: int):
-        super().__init__(auto_prefix=False)
-        self.net_with_loss = net_with_loss
-        self.optimizer = optimizer
-        self.weights = optimizer.parameters
-        self.sums = self.weights.clone(prefix="grad_sum", init="zeros")
-        self.scale = 1.0 / grad_accum
-        self.grad = ops.GradOperation(get_by_list=True)
-        self.hyper_map = ops.HyperMap()
-        self.reduce = gradient_reducer(self.weights, world_size)
-
-    def accumulate(self, image, label):
-        loss = self.net_with_loss(image, label)
-        grads = self.grad(self.net_with_loss, self.weights)(image, label)
-        self.hyper_map(ops.assign_add, self.sums, grads)
-        return loss
-
-    def apply(self):
-        grads = self.hyper_map(ops.partial(ops.mul, self.scale), self.sums)
-        self.optimizer(self.reduce(grads))
-        self.hyper_map(ops.assign, self.sums, self.hyper_map(ops.zeros_like, self.sums))
-        return True
-
-
-class LossScaledAccumulateStep(AccumulateStep):
-    """AccumulateStep with a loss scale (precision "mixed", also for grad_accum 1).
-
-    `accumulate(image, label, loss_scale)` adds the gradients of loss * loss_scale (the scale enters as
-    the backward pass's sensitivity, so float16 gradients stay representable); `apply_if_finite(
-    loss_scale)` averages the sums over devices, then steps on sums / (grad_accum * loss_scale) if all
-    are finite, else skips the update. Either way the sums are cleared. Returns whether it stepped.
-    """
-
-    def __init__(self, net_with_loss: NetWithLoss, optimizer: AdamW, world_size: int, grad_accum: int):
-        super().__init__(net_with_loss, optimizer, world_size, grad_accum)
-        self.grad_scaled = ops.GradOperation(get_by_list=True, sens_param=True)
-        self.all_finite = AllFinite()
-
-    def accumulate(self, image, label, loss_scale):
-        loss = self.net_with_loss(image, label)
-        sens = ops.cast(loss_scale, loss.dtype)
-        grads = self.grad_scaled(self.net_with_loss, self.weights)(image, label, sens)
-        self.hyper_map(ops.assign_add, self.sums, grads)
-        return loss
-
-    def apply_if_finite(self, loss_scale: float) -> bool:
-        # unscaled and averaged over devices before the check, so every device sees the same verdict
-        # (unscaling and the all-reduce keep an inf or NaN what it is)
-        grads = self.reduce(self.hyper_map(ops.partial(ops.mul, self.scale / loss_scale), self.sums))
-        # mutable: the gradients are graph inputs, not constants (else a recompile every step)
-        finite = bool(self.all_finite(ms.mutable(tuple(grads))).asnumpy())
-        if finite:
-            self.optimizer(grads)
-        self.hyper_map(ops.assign, self.sums, self.hyper_map(ops.zeros_like, self.sums))
-        return finite
 
 
 def load_pretrained(net: nn.Cell, path: str | os.PathLike) -> str:
@@ -344,12 +209,11 @@ def train(settings: dict, *, variant: str, train_list: str, val_list: str | None
     optimizer, groups = build_optimizer(net, settings)
     schedule = PolySchedule.from_config(settings["optimizer"]["lr"], iterations, settings["schedule"])
     loss_fn = SegCrossEntropyLoss(**settings["loss"])
-    # O2: float16 everywhere except amp's black list (LayerNorm, BatchNorm); the layers cast their
-    # directly used weights to the activations' dtype, the attention softmax and the loss run in float32.
-    # The cells are converted in place, so evaluation during training runs in mixed precision too.
-    net_with_loss = NetWithLoss(ms.amp.auto_mixed_precision(net, "O2") if mixed else net, loss_fn)
+    # Mixed: float16 everywhere except the normalisations (step.FP32_CELLS); the layers cast their directly
+    # used weights to the activations' dtype, the attention softmax and the loss run in float32. The cells
+    # are converted in place, so evaluation during training runs in mixed precision too.
+    model = to_mixed_precision(net) if mixed else net
     scaler = DynamicLossScale.from_config(settings.get("loss_scale")) if mixed else None
-
     state = StateDir(state_dir, {"variant": variant, "settings": settings, "pretrained": pretrained,
                                  "world_size": dist.world_size, "device": device, "precision": precision},
                      keep=int(settings["keep_checkpoints"]))
@@ -386,12 +250,9 @@ def train(settings: dict, *, variant: str, train_list: str, val_list: str | None
         ignore_index=settings["loss"]["ignore_index"])
     batches = data.create_tuple_iterator(num_epochs=1)
 
-    if mixed:
-        step = LossScaledAccumulateStep(net_with_loss, optimizer, dist.world_size, grad_accum)
-    elif grad_accum == 1:
-        step = TrainStep(net_with_loss, optimizer, dist.world_size)
-    else:
-        step = AccumulateStep(net_with_loss, optimizer, dist.world_size, grad_accum)
+    step = TrainStep(model, loss_fn, optimizer, world_size=dist.world_size, grad_accum=grad_accum,
+                     check_overflow=mixed)
+    mask_layout = net.mask_layout
 
     best = {"mIoU": -1.0, "iteration": None}
     validation = _validation(net, val_list) if settings["eval_interval"] and val_list else None
@@ -402,27 +263,28 @@ def train(settings: dict, *, variant: str, train_list: str, val_list: str | None
     for iteration in range(start_iteration, iterations):
         optimizer.set_lr(schedule(iteration))
         step_start = time.perf_counter()
-        loss_scale, overflow = 1.0, 0
-        if mixed:
-            loss_scale = scaler.scale
-            scale_tensor = ms.Tensor(loss_scale, ms.float32)
-            losses = [float(step.accumulate(*next(batches), scale_tensor).asnumpy()) for _ in range(grad_accum)]
-            overflow = 0 if step.apply_if_finite(loss_scale) else 1
+        loss_scale = scaler.scale if scaler else 1.0
+        scale_tensor = ms.Tensor(loss_scale, ms.float32)
+        losses = []
+        for micro_step in range(grad_accum):
+            image, label = next(batches)
+            # training masks: a function of (seed, rank, iteration, micro-step), so resume and ranks are exact
+            masks = draw_masks(mask_layout, image.shape[0], seed=seed, rank=dist.rank, iteration=iteration,
+                               micro_step=micro_step)
+            loss, stepped = step(scale_tensor, image, label, *(ms.Tensor(mask) for mask in masks))
+            losses.append(float(loss.asnumpy()))
+        if grad_accum > 1:
+            stepped = step.apply_accumulated(scale_tensor)
+        loss_value = float(np.mean(losses))
+        overflow = 0 if bool(stepped) else 1
+        if scaler:
             scaler.update(not overflow)
-            loss_value = float(np.mean(losses))
             if overflow:
                 log.info("iter %d: gradient overflow at loss scale %g, step skipped", iteration + 1, loss_scale)
                 if loss_scale <= scaler.min_scale:
                     raise TrainingDiverged(f"gradients overflow at iteration {iteration} with the loss scale already "
                                            f"at its minimum {scaler.min_scale:g} (loss {loss_value}): training "
                                            f"stopped, no model written (lower the learning rate, or use fp32)")
-        elif grad_accum == 1:
-            image, label = next(batches)
-            loss_value = float(step(image, label).asnumpy())
-        else:
-            losses = [float(step.accumulate(*next(batches)).asnumpy()) for _ in range(grad_accum)]
-            step.apply()
-            loss_value = float(np.mean(losses))
         step_time = time.perf_counter() - step_start
         # mixed: a non-finite loss from a float16 overflow comes with an overflowed, skipped step
         if not math.isfinite(loss_value) and not overflow:
@@ -476,16 +338,24 @@ def _state_entries(net: nn.Cell, optimizer: AdamW) -> list[dict]:
 
 
 def _wait_for_state(state: StateDir, timeout_s: float = 600.0):
-    """Non-main ranks: wait until rank 0 has prepared the state folder, then resume from the same file."""
+    """Non-main ranks: wait until rank 0 has stamped the state folder with THIS run's settings hash, then
+    resume from the same file. Until rank 0 rewrites it, settings.json may still be a previous run's
+    (after a settings change): that is a wait, not an error, bounded by `timeout_s`."""
     deadline = time.time() + timeout_s
-    while not state.stamp_file.exists():
+    while _stamped_hash(state) != state.hash:
         if time.time() > deadline:
-            raise TimeoutError(f"{state.path}: rank 0 did not prepare the state folder within {timeout_s:.0f} s")
-        time.sleep(0.5)
-    if json.loads(state.stamp_file.read_text()).get("hash") != state.hash:
-        raise RuntimeError(f"{state.path}: settings hash differs between ranks")
+            raise TimeoutError(f"{state.path}: rank 0 did not stamp the state folder with this run's settings "
+                               f"(hash {state.hash}, found {_stamped_hash(state)}) within {timeout_s:.0f} s")
+        time.sleep(0.2)
     checkpoints = state.checkpoints()
     return checkpoints[-1][1] if checkpoints else None
+
+
+def _stamped_hash(state: StateDir) -> str | None:
+    try:
+        return json.loads(state.stamp_file.read_text()).get("hash")
+    except (OSError, ValueError):   # not there yet, or being replaced
+        return None
 
 
 def _validation(net, val_list):

@@ -19,6 +19,7 @@ from mindspore import nn, ops
 from mindspore.common.initializer import HeNormal
 
 from segformer.models.layers import ChannelsFirstLinear, map_to_tokens, resolve_formulation
+from segformer.models.stochastic import ChannelDropout
 from segformer.models.sync_bn import make_batch_norm
 
 BN_EPS = 1e-5
@@ -72,18 +73,19 @@ class SegFormerHead(nn.Cell):
         self.linear_c2 = MLP(c2_channels, embed_dim)
         self.linear_c1 = MLP(c1_channels, embed_dim)
         self.linear_fuse = ConvModule(4 * embed_dim, embed_dim, sync_bn)
-        self.dropout = nn.Dropout2d(p=dropout)
+        self.dropout = ChannelDropout(dropout)
         self.linear_pred = nn.Conv2d(embed_dim, num_classes, 1, has_bias=True)
         self.fuse_before_resize = resolve_formulation(formulation) == "matmul"
         if self.fuse_before_resize:
             self.linear = ChannelsFirstLinear()
 
-    def construct(self, features):
+    def construct(self, features, channel_keep=None):
+        """channel_keep: [B, E] keep masks of the Dropout2d before linear_pred (training only; None in eval)."""
         if self.fuse_before_resize:
             fused = self.linear_fuse.normalize_and_activate(self._fuse_before_resize(features))
         else:
             fused = self._fuse_concatenated(features)
-        return self.linear_pred(self.dropout(fused))
+        return self.linear_pred(self.dropout(fused, channel_keep))
 
     def _resized(self, feature_map, size):
         if feature_map.shape[2:] == size:

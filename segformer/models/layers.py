@@ -1,5 +1,5 @@
 """Building blocks of the MiT backbone and its head: convolutions with a choice of formulation, channels-first
-linear products, DropPath, and the official initialisers.
+linear products, and the official initialisers.
 
 Why two formulations: on CPU MindSpore hands oneDNN plain NCHW tensors and gets its generic, slow conv
 kernels (b0 at 512x1024: the 7x7/s4 patch embedding ~265 ms, an 8x8/s8 reduction ~41 ms, a stage-1 3x3
@@ -26,14 +26,14 @@ def resolve_formulation(requested: Optional[str] = "auto", device: Optional[str]
     """The formulation of the strided convolutions: "matmul" on CPU, "conv" on Ascend/GPU.
 
     `requested` other than None/"auto" is taken as is (after a check); `device` defaults to the
-    MindSpore context's device target.
+    current device (mindspore.get_current_device()).
     """
     if requested not in (None, "auto"):
         if requested not in FORMULATIONS:
             raise ValueError(f"unknown formulation {requested!r}; expected 'auto' or one of {FORMULATIONS}")
         return requested
     if device is None:
-        device = ms.get_context("device_target")
+        device = ms.get_current_device().device_target
     return "matmul" if str(device).upper() == "CPU" else "conv"
 
 
@@ -212,27 +212,6 @@ class ChannelsFirstLinear(nn.Cell):
         """Linear (no bias) on channels-first [B, in, N], result channels-first [B, out, N]."""
         weight = ops.cast(weight, feature_map.dtype)
         return self.weight_times_map(batched_weight(weight, feature_map.shape[0]), feature_map)
-
-
-class DropPath(nn.Cell):
-    """Stochastic depth per sample (timm drop_path): zero a sample's residual branch with probability p,
-    scale the kept ones by 1/(1-p). Identity in eval mode or at p = 0."""
-
-    def __init__(self, drop_prob: float = 0.0):
-        super().__init__()
-        self.drop_prob = float(drop_prob)
-        self.keep_prob = 1.0 - self.drop_prob
-
-    def construct(self, x):
-        if not self.training or self.drop_prob == 0.0:
-            return x
-        mask_shape = (x.shape[0],) + (1,) * (x.ndim - 1)
-        # drawn in float32 (Bernoulli has no float16 kernel), then in x's dtype (a no-op in float32)
-        keep_mask = ops.cast(ops.bernoulli(ops.zeros(mask_shape, ms.float32), p=self.keep_prob), x.dtype)
-        return x / self.keep_prob * keep_mask
-
-    def extend_repr(self):
-        return f"drop_prob={self.drop_prob}"
 
 
 def tokens_to_map(tokens, height: int, width: int):

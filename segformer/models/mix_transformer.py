@@ -14,9 +14,9 @@ import mindspore as ms
 import numpy as np
 from mindspore import nn, ops
 
-from segformer.models.layers import (ChannelsFirstLinear, DepthwiseConv3x3, DropPath, OverlapPatchConv,
-                                     SpatialReductionConv, dense, layer_norm, map_to_tokens, resolve_formulation,
-                                     tokens_to_map)
+from segformer.models.layers import (ChannelsFirstLinear, DepthwiseConv3x3, OverlapPatchConv, SpatialReductionConv,
+                                     dense, layer_norm, map_to_tokens, resolve_formulation, tokens_to_map)
+from segformer.models.stochastic import DropPath
 from segformer.models.variants import MiTConfig
 
 PATCH_EMBED_NORM_EPS = 1e-5   # nn.LayerNorm default in the official OverlapPatchEmbed
@@ -121,20 +121,27 @@ class Mlp(nn.Cell):
 
 
 class Block(nn.Cell):
-    """Pre-norm transformer block: x + DropPath(Attn(norm1 x)); x + DropPath(Mlp(norm2 x))."""
+    """Pre-norm transformer block: x + DropPath(Attn(norm1 x)); x + DropPath(Mlp(norm2 x)).
+
+    The two DropPath calls draw separately (as timm's do): rows `2 * index` and `2 * index + 1` of the
+    backbone's path_keep masks."""
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: int, sr_ratio: int, drop_path: float,
-                 formulation: str):
+                 formulation: str, index: int = 0):
         super().__init__()
         self.norm1 = layer_norm(dim, BLOCK_NORM_EPS)
         self.attn = Attention(dim, num_heads, sr_ratio, formulation)
         self.drop_path = DropPath(drop_path)
         self.norm2 = layer_norm(dim, BLOCK_NORM_EPS)
         self.mlp = Mlp(dim, dim * mlp_ratio, formulation)
+        self.attn_draw = 2 * index
+        self.mlp_draw = 2 * index + 1
 
-    def construct(self, tokens, height, width):
-        tokens = tokens + self.drop_path(self.attn(self.norm1(tokens), height, width))
-        return tokens + self.drop_path(self.mlp(self.norm2(tokens), height, width))
+    def construct(self, tokens, height, width, path_keep=None):
+        attn_keep = None if path_keep is None else path_keep[self.attn_draw]
+        mlp_keep = None if path_keep is None else path_keep[self.mlp_draw]
+        tokens = tokens + self.drop_path(self.attn(self.norm1(tokens), height, width), attn_keep)
+        return tokens + self.drop_path(self.mlp(self.norm2(tokens), height, width), mlp_keep)
 
 
 class MixVisionTransformer(nn.Cell):
@@ -158,25 +165,31 @@ class MixVisionTransformer(nn.Cell):
                                             formulation)
             blocks = nn.CellList([
                 Block(dim, config.num_heads[stage], config.mlp_ratios[stage], config.sr_ratios[stage], rate,
-                      formulation)
-                for rate in rates])
+                      formulation, index=first_block - depth + offset)
+                for offset, rate in enumerate(rates)])
             setattr(self, f"patch_embed{stage + 1}", patch_embed)
             setattr(self, f"block{stage + 1}", blocks)
             setattr(self, f"norm{stage + 1}", layer_norm(dim, BLOCK_NORM_EPS))
             in_channels = dim
 
-    def _stage(self, patch_embed, blocks, norm, feature_map):
+    @property
+    def path_keep_probs(self):
+        """Keep probability of every DropPath draw, in the row order of `path_keep` (two per block)."""
+        return tuple(1.0 - rate for rate in self.drop_path_rates for _ in range(2))
+
+    def _stage(self, patch_embed, blocks, norm, feature_map, path_keep):
         tokens, height, width = patch_embed(feature_map)
         for block in blocks:
-            tokens = block(tokens, height, width)
+            tokens = block(tokens, height, width, path_keep)
         return tokens_to_map(norm(tokens), height, width)
 
-    def construct(self, image):
+    def construct(self, image, path_keep=None):
+        """path_keep: [2 x blocks, B] keep masks of the DropPath draws (training only; None in eval)."""
         if image.ndim != 4 or image.shape[1] != self.in_channels:
             raise ValueError(f"SegFormer expects images of shape [B, {self.in_channels}, H, W], "
                              f"got shape {image.shape}")
-        c1 = self._stage(self.patch_embed1, self.block1, self.norm1, image)
-        c2 = self._stage(self.patch_embed2, self.block2, self.norm2, c1)
-        c3 = self._stage(self.patch_embed3, self.block3, self.norm3, c2)
-        c4 = self._stage(self.patch_embed4, self.block4, self.norm4, c3)
+        c1 = self._stage(self.patch_embed1, self.block1, self.norm1, image, path_keep)
+        c2 = self._stage(self.patch_embed2, self.block2, self.norm2, c1, path_keep)
+        c3 = self._stage(self.patch_embed3, self.block3, self.norm3, c2, path_keep)
+        c4 = self._stage(self.patch_embed4, self.block4, self.norm4, c3, path_keep)
         return c1, c2, c3, c4

@@ -7,6 +7,7 @@ from mindspore import nn
 from segformer.models.head import SegFormerHead
 from segformer.models.layers import resolve_formulation
 from segformer.models.mix_transformer import MixVisionTransformer
+from segformer.models.stochastic import MaskLayout
 from segformer.models.variants import MiTConfig, variant_config
 
 
@@ -23,8 +24,14 @@ class SegFormer(nn.Cell):
         self.decode_head = SegFormerHead(config.embed_dims, config.decoder_dim, num_classes, head_dropout,
                                          sync_bn, formulation)
 
-    def construct(self, image):
-        return self.decode_head(self.backbone(image))
+    def construct(self, image, path_keep=None, channel_keep=None):
+        """In training with drop path or dropout on, the keep masks come from
+        segformer.models.stochastic.draw_masks(net.mask_layout, ...); evaluation needs none."""
+        return self.decode_head(self.backbone(image, path_keep), channel_keep)
+
+    @property
+    def mask_layout(self) -> MaskLayout:
+        return MaskLayout(self.backbone.path_keep_probs, self.config.decoder_dim, self.decode_head.dropout.keep_prob)
 
 
 def build_model(variant: str, num_classes: int = 19, *, drop_path_rate: Optional[float] = None,
@@ -34,7 +41,7 @@ def build_model(variant: str, num_classes: int = 19, *, drop_path_rate: Optional
     load into (drop path 0.1 spread over the blocks, head dropout 0.1, plain BatchNorm in the head).
 
     drop_path_rate: stochastic depth of the last block (None: the variant's 0.1), spread linearly from 0.
-    head_dropout: Dropout2d rate before linear_pred.
+    head_dropout: Dropout2d rate before linear_pred (see segformer.models.stochastic).
     sync_bn: synchronise the head's BatchNorm over data-parallel devices (see segformer.models.sync_bn);
     build the model after mindspore.communication.init() so that it sees the world size.
     formulation: how convolutions and the head are computed, "conv" (the official code literally) or

@@ -85,16 +85,13 @@ class AllReduceBatchNorm2d(nn.Cell):
         return f"num_features={self.num_features}, eps={self.eps}, momentum={self.momentum}, devices={self.devices}"
 
 
-def make_batch_norm(num_features: int, eps: float = 1e-5, momentum: float = 0.9, sync: bool = False,
-                    device: str = None) -> nn.Cell:
+def make_batch_norm(num_features: int, eps: float = 1e-5, momentum: float = 0.9, sync: bool = False) -> nn.Cell:
     """The head's BatchNorm2d: plain nn.BatchNorm2d, or synchronised across devices when `sync`.
 
     Synchronised: nn.SyncBatchNorm on Ascend/GPU with more than one device, AllReduceBatchNorm2d otherwise
     (CPU, where nn.SyncBatchNorm fails, or one device, where it reduces to plain BN)."""
     if not sync:
         return nn.BatchNorm2d(num_features, eps=eps, momentum=momentum)
-    if device is None:
-        device = ms.get_context("device_target")
-    if str(device) in ("Ascend", "GPU") and world_size() > 1:
+    if ms.get_current_device().device_target in ("Ascend", "GPU") and world_size() > 1:
         return nn.SyncBatchNorm(num_features, eps=eps, momentum=momentum)
     return AllReduceBatchNorm2d(num_features, eps=eps, momentum=momentum)

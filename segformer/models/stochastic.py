@@ -1,0 +1,82 @@
+"""The training-time random layers (stochastic depth and the head's Dropout2d), with masks drawn outside the graph.
+
+Why outside: MindSpore's random kernels keep their state inside the compiled graph (a resumed run restarts
+it) and `ops.bernoulli` is documented for GPU and CPU only, not Ascend. Here the model takes its keep masks
+as inputs, drawn with numpy from (seed, rank, iteration, micro-step): the same masks after a resume, other
+masks on every data-parallel rank (as each official GPU draws its own), and on any device only a
+multiplication in the graph. Distribution as the official code: a sample's residual branch (timm
+drop_path) or a channel (torch Dropout2d) is kept with probability 1 - p and then scaled by 1 / (1 - p).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from mindspore import nn, ops
+
+# a fixed word so that these draws never share a stream with another use of the same seed
+_STREAM = 0x5E6F
+
+
+class DropPath(nn.Cell):
+    """Stochastic depth per sample: x / keep_prob * keep, keep [B] in {0, 1}. Identity in eval mode or at p = 0."""
+
+    def __init__(self, drop_prob: float = 0.0):
+        super().__init__()
+        self.drop_prob = float(drop_prob)
+        self.keep_prob = 1.0 - self.drop_prob
+
+    def construct(self, x, keep):
+        if not self.training or self.drop_prob == 0.0:
+            return x
+        if keep is None:
+            raise ValueError("DropPath in training needs its keep mask (see segformer.models.stochastic.draw_masks)")
+        keep = ops.cast(keep, x.dtype).reshape((x.shape[0],) + (1,) * (x.ndim - 1))
+        return x / self.keep_prob * keep
+
+    def extend_repr(self):
+        return f"drop_prob={self.drop_prob}"
+
+
+class ChannelDropout(nn.Cell):
+    """Dropout2d on [B, C, H, W]: x / keep_prob * keep, keep [B, C] in {0, 1}. Identity in eval mode or at p = 0."""
+
+    def __init__(self, p: float = 0.0):
+        super().__init__()
+        self.p = float(p)
+        self.keep_prob = 1.0 - self.p
+
+    def construct(self, x, keep):
+        if not self.training or self.p == 0.0:
+            return x
+        if keep is None:
+            raise ValueError("Dropout2d in training needs its keep mask (see segformer.models.stochastic.draw_masks)")
+        keep = ops.cast(keep, x.dtype).reshape(x.shape[0], x.shape[1], 1, 1)
+        return x / self.keep_prob * keep
+
+    def extend_repr(self):
+        return f"p={self.p}"
+
+
+@dataclass(frozen=True)
+class MaskLayout:
+    """What a model's training masks look like: one keep probability per drop-path draw (each block draws
+    twice, attention then MLP, in block order), and the head's channel count and keep probability."""
+
+    path_keep_probs: tuple[float, ...]
+    channels: int
+    channel_keep_prob: float
+
+
+def draw_masks(layout: MaskLayout, batch: int, *, seed: int, rank: int, iteration: int, micro_step: int = 0):
+    """Keep masks for one micro-batch: (path_keep [draws, batch], channel_keep [batch, channels]), float32 0/1.
+
+    A pure function of its arguments (numpy's SeedSequence over them), so resuming reproduces the masks and
+    ranks differ. Compared in float64 against the keep probability: P(keep) = 1 - p exactly up to 2**-53.
+    """
+    rng = np.random.default_rng([_STREAM, int(seed), int(rank), int(iteration), int(micro_step)])
+    probs = np.asarray(layout.path_keep_probs, np.float64).reshape(-1, 1)
+    path_keep = (rng.random((len(layout.path_keep_probs), batch)) < probs).astype(np.float32)
+    channel_keep = (rng.random((batch, layout.channels)) < layout.channel_keep_prob).astype(np.float32)
+    return path_keep, channel_keep
