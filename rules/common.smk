@@ -183,11 +183,21 @@ def infer_images():
 
 
 def export_files(variant):
-    """The export stage's outputs: MINDIR, and AIR when the device is Ascend (MindSpore writes AIR only there)."""
+    """The export stage's outputs: MINDIR, and AIR when asked for (`export.air`; MindSpore writes AIR only on
+    Ascend, and deprecates it in 2.10)."""
     files = {"mindir": f"{RESULTS}/{variant}/segformer_{variant}.mindir"}
-    if config["device"] == "Ascend":
+    if config["export"]["air"]:
+        if config["device"] != "Ascend":
+            raise ValueError(f"export.air: true needs device: Ascend (MindSpore writes AIR files only on Ascend); "
+                             f"device is {config['device']}")
         files["air"] = f"{RESULTS}/{variant}/segformer_{variant}.air"
     return files
+
+
+def npus(count=1):
+    """A job's `npu` resource: the accelerators it holds (0 on CPU), so that `--resources npu=8` runs at
+    most 8 devices' worth of jobs at once; each job then takes a free device (segformer.devices)."""
+    return 0 if config["device"] == "CPU" else count
 
 
 def final_outputs():

@@ -19,6 +19,8 @@ rule evaluate:
         device=config["device"],
     wildcard_constraints:
         variant="b[0-5]",
+    resources:
+        npu=npus(),  # one device (0 on CPU); evaluate.py takes a free one (segformer.devices)
     conda:
         "../envs/segformer.yaml"
     shell:

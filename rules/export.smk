@@ -1,5 +1,5 @@
-# Export: each variant's model as a MindSpore graph (MINDIR; AIR too on Ascend), loaded back and checked
-# against the checkpoint model before it counts as written; optionally ONNX through Hugging Face.
+# Export: each variant's model as a MindSpore graph (MINDIR; AIR too with export.air on Ascend), loaded back
+# and checked against the checkpoint model before it counts as written; optionally ONNX through Hugging Face.
 
 
 rule export:
@@ -15,16 +15,18 @@ rule export:
         script=script("export.py"),
         height=config["export"]["input_size"][0],
         width=config["export"]["input_size"][1],
-        air=lambda wildcards, output: f"--air {output.air}" if "air" in output.keys() else "",
+        air=lambda wildcards, output: ["--air", output.air] if "air" in output.keys() else [],
         num_classes=lambda wildcards: train_settings(wildcards.variant)["num_classes"],
         device=config["device"],
     wildcard_constraints:
         variant="b[0-5]",
+    resources:
+        npu=npus(),  # one device (0 on CPU); export.py takes a free one (segformer.devices)
     conda:
         "../envs/segformer.yaml"
     shell:
-        "python {params.script} --variant {wildcards.variant} --ckpt_file {input.ckpt}"
-        " --out {output.mindir} {params.air} --height {params.height} --width {params.width}"
+        "python {params.script} --variant {wildcards.variant} --ckpt_file {input.ckpt:q}"
+        " --out {output.mindir:q} {params.air:q} --height {params.height} --width {params.width}"
         " --num_classes {params.num_classes} --device {params.device} > {log} 2>&1"
 
 

@@ -26,6 +26,8 @@ rule infer:
         device=config["device"],
     wildcard_constraints:
         variant="b[0-5]",
+    resources:
+        npu=npus(),  # one device (0 on CPU); infer.py takes a free one (segformer.devices)
     conda:
         "../envs/segformer.yaml"
     shell:

@@ -37,6 +37,7 @@ rule train:
     resources:
         nodes=config["nodes"],
         tasks=config["nodes"],  # one launcher per node; each starts its node's msrun workers
+        npu=npus(config["devices"]),  # devices per node (0 on CPU); the launcher or train.py takes free ones
     conda:
         "../envs/segformer.yaml"
     shell:

@@ -13,12 +13,12 @@ import mindspore as ms
 import numpy as np
 import pytest
 import torch
-from mindspore import nn
+from mindspore import mint, nn
 from mindspore.nn.utils import no_init_parameters
 
 from segformer.models import build_model, count_parameters, resolve_formulation, variant_from_config
 from segformer.models.head import SegFormerHead
-from segformer.models.layers import DepthwiseConv3x3, OverlapPatchConv, SpatialReductionConv
+from segformer.models.layers import DepthwiseConv3x3, ExactGELU, OverlapPatchConv, SpatialReductionConv
 from segformer.models.stochastic import ChannelDropout, DropPath, MaskLayout, draw_masks
 from segformer.models.sync_bn import AllReduceBatchNorm2d
 
@@ -325,6 +325,9 @@ def test_mlp_uses_exact_erf_gelu():
     tanh = 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3)))
     assert np.abs(exact - tanh).max() > 1e-4          # the two forms are distinguishable on this grid
     np.testing.assert_allclose(act(ms.Tensor(x)).asnumpy(), exact, atol=2e-6)
+    # on Ascend the fused kernel (mint's exact GELU), documented for Ascend; it has no CPU kernel to run here
+    assert not act.fused and ExactGELU("Ascend").fused
+    assert "``Ascend``" in mint.nn.functional.gelu.__doc__.split("Supported Platforms:")[1].split("\n\n")[0]
 
 
 def test_layer_norm_eps_of_each_norm():

@@ -408,7 +408,7 @@ def test_rendering_a_plain_image_folder_names_outputs_by_stem_at_each_size(faili
 
 @pytest.fixture(scope="module")
 def exported(checkpoint, work):
-    """export.py to a MINDIR, and the two refused exports (into their own folder): {key: result, ...}."""
+    """export.py to a MINDIR, and the three refused exports (into their own folder): {key: result, ...}."""
     out_dir, refused_dir = work / "export", work / "export_refused"
     out_dir.mkdir()
     refused_dir.mkdir()
@@ -418,6 +418,7 @@ def exported(checkpoint, work):
         "air": ("export.py", *common, "--out", refused_dir / "segformer_b0.mindir",
                 "--air", refused_dir / "segformer_b0.air"),
         "onnx": ("export.py", *common, "--out", refused_dir / "segformer_b0.onnx"),
+        "ascend": ("export.py", *common, "--out", refused_dir / "segformer_b0.mindir", "--device", "Ascend"),
     })
     return {**results, "out_dir": out_dir, "refused_dir": refused_dir}
 
@@ -426,7 +427,10 @@ def test_export_writes_a_mindir_that_reproduces_the_checkpoint_model(exported, c
     result = exported["mindir"]
     assert result.returncode == 0, output_of(result)
     match = re.search(r"max \|diff\| (\S+)", result.stderr)
+    # CPU keeps a tight absolute bound (the reloaded graph runs the same kernels: measured 0).
     assert match and float(match.group(1)) <= 1e-5, output_of(result)
+    assert "(allowed: 1e-05 + 0 x max |logit|)" in result.stderr, output_of(result)
+    assert "device CPU; precision fp32; op precision: none set" in result.stderr, output_of(result)
     mindir = exported["out_dir"] / "segformer_b0.mindir"
     assert sorted(p.name for p in exported["out_dir"].iterdir()) == [mindir.name]  # no temporary left
 
@@ -453,11 +457,22 @@ def test_air_without_ascend_is_a_usage_error(exported):
     assert "--air needs --device Ascend" in result.stderr, output_of(result)
 
 
+def test_export_on_a_device_this_machine_lacks_fails_first_naming_it(exported):
+    import mindspore as ms
+
+    if ms.device_context.ascend.is_available():
+        pytest.skip("this machine has Ascend")
+    result = exported["ascend"]
+    assert result.returncode == 1, output_of(result)
+    assert "device: Ascend was asked for" in result.stderr and "available here: CPU" in result.stderr, \
+        output_of(result)
+
+
 def test_wrong_export_suffix_is_refused_and_leaves_nothing(exported):
     result = exported["onnx"]
     assert result.returncode == 1, output_of(result)
     assert "segformer_b0.onnx" in result.stderr and ".mindir" in result.stderr, output_of(result)
-    # Neither refused export left a file, nor a temporary '.segformer*' one.
+    # No refused export left a file, nor a temporary '.segformer*' one.
     assert sorted(p.name for p in exported["refused_dir"].iterdir()) == []
 
 

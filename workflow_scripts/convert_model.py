@@ -74,4 +74,11 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    import mindspore
+
+    # Host work only (numpy, checkpoint files): pinned to the CPU, before any MindSpore work, so that
+    # import_trained never takes an accelerator (unset, it is whatever the installed MindSpore defaults to).
+    # Only as a script: mindspore.set_device refuses once a kernel has run in the process
+    # (mindspore/device_manager.py set_device: "The runtime has been initialized").
+    mindspore.set_device("CPU")
     sys.exit(main())

@@ -84,8 +84,7 @@ def run(args):
         log.info("scored %d predictions in %s (%.1f s)", len(pairs), args.pred_dir, time.perf_counter() - start)
         return matrix, args.name or args.variant or "predictions"
 
-    import mindspore as ms
-
+    from segformer.devices import describe_device, use_device
     from segformer.engine.evaluate import evaluate_model
     from segformer.engine.inference import InferenceSettings, Segmenter, load_model
 
@@ -94,7 +93,7 @@ def run(args):
     except json.JSONDecodeError as error:
         raise ValueError(f"--settings is not valid JSON: {error}") from None
     settings = InferenceSettings.from_config(deep_merge(config["evaluate"], override))
-    ms.set_device(args.device or config["device"])
+    log.info("%s", describe_device(use_device(args.device or config["device"])))  # DeviceError is a ValueError
     net = load_model(args.variant, args.eval_ckpt_path, num_classes)
     log.info("SegFormer-%s from %s; inference: %s; %d images", args.variant, args.eval_ckpt_path,
              settings.describe(), len(pairs))

@@ -38,8 +38,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    import mindspore as ms
-
+    from segformer.devices import describe_device, use_device
     from segformer.engine.inference import InferenceSettings, Segmenter, load_model
     from segformer.engine.render import images_to_render, render_images, write_preview
     from segformer.engine.train import configure_logging
@@ -48,10 +47,10 @@ def main(argv=None) -> int:
     configure_logging()
     try:
         config = load_config(args.config_path)
+        log.info("%s", describe_device(use_device(args.device or config["device"])))  # DeviceError: a ValueError
         override = json.loads(args.settings) if args.settings else {}
         settings = InferenceSettings.from_config(deep_merge(config["evaluate"], override))
         images = images_to_render(args.images, args.limit)
-        ms.set_device(args.device or config["device"])
         net = load_model(args.variant, args.ckpt, args.num_classes or config["train"]["num_classes"])
         log.info("SegFormer-%s from %s; inference: %s; %d images -> %s", args.variant, args.ckpt,
                  settings.describe(), len(images), args.out_dir)

@@ -37,6 +37,8 @@ import numpy as np
 from mindspore import nn, ops
 
 from segformer.data.dataset import build_train_dataset
+from segformer.devices import describe_device, use_device
+from segformer.engine.distributed import msrun_world
 from segformer.engine.loss import SegCrossEntropyLoss
 from segformer.engine.optim import AdamW, build_param_groups, describe_param_groups
 from segformer.engine.schedule import PolySchedule
@@ -66,12 +68,10 @@ class Distributed:
 
 
 def init_distributed() -> Distributed:
-    """Join the msrun job if launched by msrun (RANK_SIZE > 1), else a single process.
-
-    Data parallel with gradients averaged over devices; on CPU the mccl backend is picked by init().
-    """
-    world_size = int(os.environ.get("RANK_SIZE", os.environ.get("MS_WORKER_NUM", "1")))
-    if world_size <= 1:
+    """Join the msrun job if msrun started this process (its own variables, see engine.distributed; a stale
+    RANK_SIZE from rank-table scripts does not count), else a single process. Data parallel with
+    gradients averaged over devices; on CPU init() picks the mccl backend."""
+    if not msrun_world().is_msrun:
         return Distributed()
     from mindspore.communication import get_group_size, get_rank, init
 
@@ -185,7 +185,9 @@ def train(settings: dict, *, variant: str, train_list: str, val_list: str | None
     if precision not in ("fp32", "mixed"):
         raise ValueError(f"precision={precision!r}: expected 'fp32' (the official recipe) or 'mixed'")
     mixed = precision == "mixed"
-    ms.set_device(device)
+    # first: the device, its id (DEVICE_ID under msrun, else a free slot) and the operator precision
+    # that keeps fp32 float32 on Ascend; before any kernel and before communication.init()
+    device_settings = use_device(device, precision=precision)
     ms.set_context(mode=ms.GRAPH_MODE)
     dist = init_distributed()
     seed = int(settings["seed"])
@@ -228,6 +230,7 @@ def train(settings: dict, *, variant: str, train_list: str, val_list: str | None
             scaler.scale = float(saved["loss_scale"].asnumpy())
             scaler.good_steps = int(saved["loss_scale_good_steps"].asnumpy())
     header = [f"SegFormer-{variant}, {precision}, device {device} x {dist.world_size}",
+              describe_device(device_settings),
               start_note,
               f"global batch {global_batch} = {dist.world_size} devices x {batch_size} per device x {grad_accum} "
               f"accumulation (BatchNorm statistics see {batch_size} image(s) per device"

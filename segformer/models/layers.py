@@ -16,7 +16,7 @@ import math
 from typing import Optional
 
 import mindspore as ms
-from mindspore import Parameter, nn, ops
+from mindspore import Parameter, mint, nn, ops
 from mindspore.common.initializer import Normal, TruncatedNormal, initializer
 
 FORMULATIONS = ("conv", "matmul")
@@ -61,6 +61,22 @@ def dense(in_features: int, out_features: int) -> nn.Dense:
 def layer_norm(channels: int, eps: float) -> nn.LayerNorm:
     """LayerNorm over the last axis with an explicit eps (MindSpore's default 1e-7 is nobody's)."""
     return nn.LayerNorm((channels,), begin_norm_axis=-1, begin_params_axis=-1, epsilon=eps)
+
+
+class ExactGELU(nn.Cell):
+    """GELU with erf (the official nn.GELU; MindSpore's nn.GELU defaults to the tanh form).
+
+    On Ascend the fused kernel of mint.nn.functional.gelu (documented for Ascend only, no CPU kernel);
+    elsewhere ops.gelu(approximate="none"), which MindSpore composes of erf, div, add and mul."""
+
+    def __init__(self, device: Optional[str] = None):
+        super().__init__()
+        self.fused = (device or ms.get_current_device().device_target) == "Ascend"
+
+    def construct(self, x):
+        if self.fused:
+            return mint.nn.functional.gelu(x, approximate="none")
+        return ops.gelu(x, approximate="none")
 
 
 def in_dtype_of(activations, weight, bias):

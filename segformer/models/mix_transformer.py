@@ -14,8 +14,8 @@ import mindspore as ms
 import numpy as np
 from mindspore import nn, ops
 
-from segformer.models.layers import (ChannelsFirstLinear, DepthwiseConv3x3, OverlapPatchConv, SpatialReductionConv,
-                                     dense, layer_norm, map_to_tokens, resolve_formulation, tokens_to_map)
+from segformer.models.layers import (ChannelsFirstLinear, DepthwiseConv3x3, ExactGELU, OverlapPatchConv,
+                                     SpatialReductionConv, dense, layer_norm, map_to_tokens, resolve_formulation, tokens_to_map)
 from segformer.models.stochastic import DropPath
 from segformer.models.variants import MiTConfig
 
@@ -97,7 +97,7 @@ class Mlp(nn.Cell):
         super().__init__()
         self.fc1 = dense(dim, hidden_dim)
         self.dwconv = DWConv(hidden_dim, formulation)
-        self.act = nn.GELU(approximate=False)
+        self.act = ExactGELU()
         self.fc2 = dense(hidden_dim, dim)
         self.channels_first = resolve_formulation(formulation) == "matmul"
         if self.channels_first:
