@@ -130,12 +130,6 @@ def load_config(paths: list[str | Path], overrides: dict | None = None) -> dict:
     return fill_defaults_and_validate(config, " + ".join(map(str, paths)) or "config")
 
 
-def variant_section(config: dict, section: str, variant: str) -> dict:
-    """config[section] with config['overrides'][variant][section] merged over it."""
-    override = config.get("overrides", {}).get(variant, {}).get(section, {})
-    return deep_merge(config[section], override)
-
-
 def train_settings(config: dict, variant: str) -> dict:
     """A variant's training settings: the shared `train` section; on the demo dataset (no dataset_root)
     the demo's iteration count for that variant (demo.iterations); then overrides.<variant>.train."""

@@ -10,7 +10,6 @@ import ast
 import importlib
 import importlib.util
 import inspect
-import os
 import subprocess
 import sys
 import textwrap

@@ -2,8 +2,8 @@
 wiring, synchronised BN, and one graph-mode training step.
 
 Expectations are written independently of the model code: the official NVlabs state-dict shapes are derived
-here from the formulas of mix_transformer.py, the variant table is retyped from shared/reference/segformer.md,
-and the parameter names follow notes/model_contract.md.
+here from the formulas of mix_transformer.py, the variant table is retyped from docs/model_contract.md,
+and the parameter names follow docs/model_contract.md.
 """
 
 import math
@@ -16,7 +16,7 @@ import torch
 from mindspore import mint, nn
 from mindspore.nn.utils import no_init_parameters
 
-from segformer.models import build_model, count_parameters, resolve_formulation, variant_from_config
+from segformer.models import build_model, count_parameters, resolve_formulation, variant_config
 from segformer.models.head import SegFormerHead
 from segformer.models.layers import DepthwiseConv3x3, ExactGELU, OverlapPatchConv, SpatialReductionConv
 from segformer.models.stochastic import ChannelDropout, DropPath, MaskLayout, draw_masks
@@ -24,7 +24,7 @@ from segformer.models.sync_bn import AllReduceBatchNorm2d
 
 ms.set_device("CPU")
 
-# Retyped from shared/reference/segformer.md section 1 (not imported from the model code).
+# Retyped from docs/model_contract.md (Variants) (not imported from the model code).
 OFFICIAL = {  # noqa: E501 (one row per variant)
     "b0": dict(dims=(32, 64, 160, 256), depths=(2, 2, 2, 2), decoder=256, backbone_m=3.32, head_m=0.40, tensors=176),
     "b1": dict(dims=(64, 128, 320, 512), depths=(2, 2, 2, 2), decoder=256, backbone_m=13.15, head_m=0.53, tensors=176),
@@ -64,7 +64,7 @@ def official_backbone_shapes(dims, depths):
 
 
 def contract_names(dims, depths, decoder, num_classes):
-    """Full MindSpore names and shapes of SegFormer per notes/model_contract.md (norms: gamma/beta)."""
+    """Full MindSpore names and shapes of SegFormer per docs/model_contract.md (norms: gamma/beta)."""
     expected = {}
     for key, shape in official_backbone_shapes(dims, depths).items():
         module, kind = key.rsplit(".", 1)
@@ -505,11 +505,9 @@ def test_sync_bn_keyword_keeps_the_checkpoint_names():
 
 
 def test_variant_names_and_config_lookup():
-    assert variant_from_config({"variant": "MiT_B3"}) == "b3"
+    assert variant_config("MiT_B3") == variant_config("b3")
     with pytest.raises(ValueError, match="b6"):
         build_model("b6")
-    with pytest.raises(KeyError, match="variant"):
-        variant_from_config({})
 
 
 @pytest.mark.slow

@@ -8,7 +8,7 @@ import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 
 from segformer.engine.optim import AdamW, build_param_groups, describe_param_groups, match_custom_key
-from segformer.engine.schedule import PolySchedule, lr_at, lr_table
+from segformer.engine.schedule import PolySchedule, lr_at
 
 ms.set_device("CPU")
 
@@ -270,13 +270,10 @@ def test_official_schedule_values(t):
 
 
 def test_schedule_table_and_limits():
-    table = PolySchedule(**OFFICIAL).table()
-    assert table.shape == (160000,)
+    schedule = PolySchedule(**OFFICIAL)
+    table = np.array([schedule(t) for t in range(160000)])
     for t, value in HAND_COMPUTED.items():
         assert table[t] == pytest.approx(value, rel=1e-12)
-    small = lr_table(1.0, 50, power=0.9, min_lr=0.01, warmup_iters=7, warmup_ratio=0.1)
-    np.testing.assert_allclose(small, [lr_at(t, 1.0, 50, power=0.9, min_lr=0.01, warmup_iters=7, warmup_ratio=0.1)
-                                       for t in range(50)], rtol=1e-14)
     assert lr_at(3, 1.0, 10, warmup=None) == pytest.approx(0.7)
     assert np.all(np.diff(table[1500:]) < 0) and np.all(np.diff(table[:1500]) > 0)
     for bad in (-1, 160000):

@@ -12,9 +12,7 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 
-import mindspore as ms
 import numpy as np
 import pytest
 

@@ -3,7 +3,7 @@
 Three naming schemes describe the same tensors:
 - NVlabs (the authors' mmseg code): `backbone.block1.0.attn.kv.weight`, `decode_head.linear_fuse.bn.running_mean`;
   the ImageNet files `mit_bX.pth` hold the backbone keys without the `backbone.` prefix.
-- MindSpore (this project, docs: notes/model_contract.md): the NVlabs module paths with MindSpore's norm
+- MindSpore (this project, docs/model_contract.md): the NVlabs module paths with MindSpore's norm
   parameter names (`gamma`, `beta`, `moving_mean`, `moving_variance`).
 - Hugging Face transformers files: `segformer.encoder.block.0.0.attention.self.key.weight`, ...; HF splits the
   NVlabs `kv` Linear into `key` and `value` (kv's weight rows 0:C are the key, C:2C the value).
@@ -26,6 +26,7 @@ from typing import Iterable, Mapping
 
 import numpy as np
 
+from segformer.extras import require
 from segformer.io import atomic_path, write_json
 from segformer.models.variants import VARIANTS, variant_config
 
@@ -166,10 +167,7 @@ def _numpy_safe_globals() -> list:
 
 def _torch_load(path: Path):
     """torch.load restricted to tensors, plain containers and numpy data; a clear refusal otherwise."""
-    try:
-        import torch
-    except ImportError as e:
-        raise ConversionError(f"{path}: reading PyTorch files needs torch (pip install 'segformer[convert]')") from e
+    torch = require("torch", "convert", what=str(path))
     try:
         with torch.serialization.safe_globals(_numpy_safe_globals()):
             return torch.load(path, map_location="cpu", weights_only=True)
@@ -191,7 +189,7 @@ def _torch_load(path: Path):
 
 
 def _tensor_to_numpy(value):
-    import torch
+    torch = require("torch", "convert")
 
     if value.dtype in (torch.bfloat16, torch.float16):
         value = value.float()
@@ -199,7 +197,7 @@ def _tensor_to_numpy(value):
 
 
 def _plain_state(obj: Mapping, path: Path, where: str) -> dict[str, np.ndarray]:
-    import torch
+    torch = require("torch", "convert", what=str(path))
 
     state = {}
     for key, value in obj.items():
@@ -210,7 +208,7 @@ def _plain_state(obj: Mapping, path: Path, where: str) -> dict[str, np.ndarray]:
 
 
 def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
-    from safetensors.numpy import load_file
+    load_file = require("safetensors.numpy", "convert", what=str(path)).load_file
 
     try:
         return load_file(str(path))
@@ -284,14 +282,14 @@ def _peek_keys(file: Path) -> list[str]:
     if file.suffix == ".ckpt":
         return list(_read_mindspore(file))
     if file.suffix == ".safetensors":
-        from safetensors import safe_open
+        safe_open = require("safetensors", "convert", what=str(file)).safe_open
 
         try:
             with safe_open(str(file), "np") as opened:
                 return list(opened.keys())
         except Exception as e:  # safetensors raises its own error types
             raise ConversionError(f"{file}: not a readable safetensors file ({type(e).__name__}: {e})") from None
-    import torch
+    torch = require("torch", "convert", what=str(file))
 
     try:
         with torch.serialization.safe_globals(_numpy_safe_globals()):
@@ -610,7 +608,7 @@ def ms_to_hf(params: Mapping[str, np.ndarray], variant: str | None = None, sourc
 
 def write_hf(folder: str | os.PathLike, state: Mapping[str, np.ndarray], config: Mapping) -> None:
     """Write model.safetensors + config.json into `folder`; each file atomically, the config last."""
-    from safetensors.numpy import save_file
+    save_file = require("safetensors.numpy", "convert", what=str(folder)).save_file
 
     folder = Path(folder)
     with atomic_path(folder / "model.safetensors") as tmp:

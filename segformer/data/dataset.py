@@ -63,10 +63,6 @@ class TrainOrder:
         if not 0 <= self.shard_id < self.num_shards:
             raise ValueError(f"shard_id must be in [0, num_shards={self.num_shards}), got {self.shard_id}")
 
-    @property
-    def global_batch_size(self) -> int:
-        return self.batch_size * self.num_shards
-
     def position(self, iteration: int, slot: int) -> int:
         return (iteration * self.num_shards + self.shard_id) * self.batch_size + slot
 

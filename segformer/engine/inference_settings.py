@@ -5,7 +5,6 @@ itself is segformer.engine.inference.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -47,10 +46,6 @@ class InferenceSettings:
             if section.get(key) is not None:
                 section[key] = tuple(section[key])
         return cls(**section)
-
-    @classmethod
-    def from_json(cls, text: str | None) -> "InferenceSettings":
-        return cls.from_config(json.loads(text) if text else None)
 
     @property
     def averages_probabilities(self) -> bool:

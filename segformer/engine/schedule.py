@@ -24,7 +24,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional
 
-import numpy as np
 
 WARMUP_KINDS = (None, "linear")
 
@@ -65,23 +64,6 @@ def lr_at(
     return regular * (1 - k)
 
 
-def lr_table(
-    base_lr: float,
-    max_iters: int,
-    *,
-    power: float = 1.0,
-    min_lr: float = 0.0,
-    warmup: Optional[str] = "linear",
-    warmup_iters: int = 1500,
-    warmup_ratio: float = 1e-6,
-) -> np.ndarray:
-    """``lr_at`` for every iteration 0 .. max_iters - 1 (float64 array of length max_iters), for plots
-    and checks; one formula, ``lr_at``'s, so the two cannot drift apart."""
-    _check(max_iters, warmup, warmup_iters, warmup_ratio, power)
-    return np.array([lr_at(t, base_lr, max_iters, power=power, min_lr=min_lr, warmup=warmup,
-                           warmup_iters=warmup_iters, warmup_ratio=warmup_ratio) for t in range(max_iters)])
-
-
 @dataclass(frozen=True)
 class PolySchedule:
     """The schedule's settings in one object: ``schedule(t)`` is ``lr_at(t, ...)``."""
@@ -103,9 +85,6 @@ class PolySchedule:
 
     def __call__(self, t: int) -> float:
         return lr_at(t, self.base_lr, self.max_iters, **self._kwargs())
-
-    def table(self) -> np.ndarray:
-        return lr_table(self.base_lr, self.max_iters, **self._kwargs())
 
     @classmethod
     def from_config(cls, base_lr: float, max_iters: int, cfg: Mapping[str, Any]) -> "PolySchedule":

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import mindspore as ms
 import numpy as np
-from mindspore import nn, ops
+from mindspore import nn
 
 from segformer.data.dataset import build_train_dataset
 from segformer.devices import describe_device, use_device
@@ -387,6 +387,6 @@ def _evaluate_and_keep_best(validation, settings, iteration, best, out_ckpt, dis
     return miou
 
 
-def configure_logging(verbose: bool = True) -> None:
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, stream=sys.stderr,
+def configure_logging() -> None:
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")

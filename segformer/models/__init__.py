@@ -2,7 +2,7 @@
 
 from segformer.models.layers import FORMULATIONS, resolve_formulation
 from segformer.models.segformer import SegFormer, build_model, count_parameters
-from segformer.models.variants import VARIANTS, MiTConfig, variant_config, variant_from_config
+from segformer.models.variants import VARIANTS, MiTConfig, variant_config
 
 __all__ = ["FORMULATIONS", "MiTConfig", "SegFormer", "VARIANTS", "build_model", "count_parameters",
-           "resolve_formulation", "variant_config", "variant_from_config"]
+           "resolve_formulation", "variant_config"]

@@ -4,7 +4,7 @@ Four stages; each: overlapping patch embedding (strided conv + LayerNorm eps 1e-
 efficient self-attention (keys/values from a spatially reduced map) and Mix-FFN (3x3 depthwise conv
 between the two linears instead of a positional embedding), then a stage LayerNorm (eps 1e-6).
 The backbone returns four NCHW maps at strides 4, 8, 16, 32. Attribute names are the official ones, so
-parameter names follow the NVlabs state dict (see notes/model_contract.md).
+parameter names follow the NVlabs state dict (see docs/model_contract.md).
 `formulation` ("conv" or "matmul", see layers.py) only changes how the same function is computed.
 """
 

@@ -6,7 +6,7 @@ checkpoints (the paper's appendix says 8 for stages 1-2).
 """
 
 from dataclasses import dataclass
-from typing import Any, Mapping, Tuple
+from typing import Tuple
 
 
 @dataclass(frozen=True)
@@ -46,12 +46,3 @@ def variant_config(variant: str) -> MiTConfig:
     if key not in VARIANTS:
         raise ValueError(f"unknown SegFormer variant {variant!r}; expected one of {sorted(VARIANTS)}")
     return VARIANTS[key]
-
-
-def variant_from_config(config: Mapping[str, Any], key: str = "variant") -> str:
-    """The variant name stored under `key` of a config mapping, checked against the table."""
-    if key not in config:
-        raise KeyError(f"config has no key {key!r} naming the SegFormer variant (one of {sorted(VARIANTS)})")
-    name = str(config[key]).lower().removeprefix("mit_")
-    variant_config(name)
-    return name
