@@ -99,3 +99,20 @@ def trained_b0(tiny_dataset, tmp_path_factory):
     result = run_train(out_dir, tiny_dataset["train"], tiny_dataset["val"], settings={"eval_interval": 6})
     assert result.returncode == 0, result.stdout + result.stderr
     return out_dir
+
+
+# Data-parallel runs compare with other batch layouts, whose masks differ: stochastic layers off there.
+DETERMINISTIC = {"model": {"drop_path_rate": 0.0, "head_dropout": 0.0}}
+DATA_PARALLEL = {**DETERMINISTIC, "iterations": 3, "batch_size": 1}
+
+
+@pytest.fixture(scope="session")
+def one_node_two_workers(tiny_dataset, trained_b0, tmp_path_factory):
+    """One node, two msrun workers, from the shared model (shared by the data-parallel and multi-node
+    tests): {'start': checkpoint, 'out': output folder, 'stdout': launcher output}."""
+    start = trained_b0 / "model.ckpt"
+    out = tmp_path_factory.mktemp("one_node_two_workers")
+    result = run_train(out, tiny_dataset["train"], settings=DATA_PARALLEL, extra=["--pretrained", str(start)],
+                       launcher_args=["--devices", "2", "--nodes", "1", "--log_dir", str(out / "msrun")])
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return {"start": start, "out": out, "stdout": result.stdout}

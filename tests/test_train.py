@@ -13,13 +13,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import ROOT, TINY_TRAIN, run_train
+from conftest import DATA_PARALLEL, DETERMINISTIC, ROOT, TINY_TRAIN, run_train
 
 # The official stochastic layers; their masks are a function of (seed, rank, iteration), so a resumed run
 # draws the same ones. Comparisons of runs with different batch layouts (one process with a batch of 2 vs
 # 2 workers x 1) would draw different masks, so those switch them off.
 OFFICIAL_STOCHASTIC = {"model": {"drop_path_rate": 0.1, "head_dropout": 0.1}}
-DETERMINISTIC = {"model": {"drop_path_rate": 0.0, "head_dropout": 0.0}}
 
 
 def read_log(path):
@@ -148,19 +147,14 @@ def relative_update_difference(w0, wa, wb) -> float:
     return (diff / norm) ** 0.5
 
 
-@pytest.mark.skipif(shutil.which("msrun") is None, reason="msrun ships with MindSpore; missing means a broken install")
-def test_data_parallel_two_workers_equal_one_process_with_double_batch(tiny_dataset, trained_b0, tmp_path):
-    start = trained_b0 / "model.ckpt"
-    settings = {**DETERMINISTIC, "iterations": 3, "batch_size": 1}
+def test_data_parallel_two_workers_equal_one_process_with_double_batch(tiny_dataset, one_node_two_workers, tmp_path):
+    start, parallel = one_node_two_workers["start"], one_node_two_workers["out"]
+    settings = DATA_PARALLEL
     single = tmp_path / "single"
     result = run_train(single, tiny_dataset["train"], settings={**settings, "batch_size": 2},
                        extra=["--pretrained", str(start)])
     assert result.returncode == 0, result.stderr
-    parallel = tmp_path / "parallel"
-    result = run_train(parallel, tiny_dataset["train"], settings=settings, extra=["--pretrained", str(start)],
-                       launcher_args=["--devices", "2", "--nodes", "1", "--log_dir", str(tmp_path / "msrun")])
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "global batch 2 = 2 devices x 1 per device" in result.stdout
+    assert "global batch 2 = 2 devices x 1 per device" in one_node_two_workers["stdout"]
     assert_same_updates(start, single / "model.ckpt", parallel / "model.ckpt", tolerance=1e-2)
     # and the other way round: a run on different samples is far from both
     other = tmp_path / "other"
