@@ -92,12 +92,81 @@ def write_png(path: str | os.PathLike, image: np.ndarray) -> None:
     write_bytes(path, buf.tobytes())
 
 
+class ImageReadError(ValueError):
+    """An image file that exists but cannot be decoded (not an image, truncated, unreadable)."""
+
+
 def read_image_rgb(path: str | os.PathLike) -> np.ndarray:
-    """Read an image file as H x W x 3 uint8 RGB; a clear error naming the file if it is unreadable."""
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    """Read a PNG or JPEG file as H x W x 3 uint8 RGB; an error naming the file if it cannot be.
+
+    Decoding is mmseg's LoadImageFromFile (mmcv.imfrombytes with flag 'color', cv2 backend), i.e.
+    cv2.imdecode(IMREAD_COLOR), so the network sees what the authors' pipeline feeds it:
+    - grayscale, gray + alpha, palette and 1-bit PNGs become 3 equal / looked-up channels;
+    - alpha is dropped (the stored colours are kept, not composited over a background);
+    - 16-bit PNGs keep their high byte (v >> 8, i.e. floor(v / 256): 65535 -> 255, never
+      more than 1 level from round(v * 255 / 65535)); data that does not use the 16-bit range
+      (12-bit sensors) therefore comes out dark, as in mmseg;
+    - JPEG EXIF orientation is applied: the image is read as it is displayed, and every output of
+      the rendering has that (displayed) size.
+    libjpeg decodes a truncated JPEG without error (grey below the cut, a warning on stderr), so a
+    JPEG whose markers do not reach its end-of-image marker is refused here; libpng already refuses a
+    truncated PNG.
+    """
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: image not found") from None
+    except OSError as error:  # a folder, no permission, an I/O error
+        raise ImageReadError(f"{path}: cannot read image file ({error.strerror or error})") from None
+    if not data:
+        raise ImageReadError(f"{path}: empty file, not an image")
+    if data[:2] == _JPEG_SOI and not jpeg_reaches_its_end(data):
+        raise ImageReadError(f"{path}: truncated or corrupt JPEG (its data stops before the end-of-image marker)")
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if image is None:
-        raise FileNotFoundError(f"{path}: cannot read image (missing or not an image)")
+        raise ImageReadError(f"{path}: cannot decode image (not a PNG/JPEG image, or truncated or corrupt)")
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+_JPEG_SOI = b"\xff\xd8"
+
+
+def jpeg_reaches_its_end(data: bytes) -> bool:
+    """Whether a JPEG stream's marker segments lead to its EOI marker (False: truncated or corrupt).
+
+    Segments are skipped by their length (so an EXIF thumbnail's own EOI is never mistaken for the
+    image's); after each SOS the entropy-coded data runs to the next marker that is neither a stuffed
+    0xFF00 nor a restart marker. Bytes after the EOI (camera trailers) are allowed.
+    """
+    size = len(data)
+    position = 2
+    while True:
+        if position >= size or data[position] != 0xFF:
+            return False
+        while position < size and data[position] == 0xFF:  # fill bytes before a marker
+            position += 1
+        if position >= size:
+            return False
+        marker = data[position]
+        position += 1
+        if marker == 0xD9:  # EOI
+            return True
+        if 0xD0 <= marker <= 0xD7 or marker == 0x01:  # RSTn, TEM: no length
+            continue
+        if position + 2 > size:
+            return False
+        position += int.from_bytes(data[position:position + 2], "big")
+        if marker == 0xDA:  # SOS: skip the entropy-coded data
+            while True:
+                position = data.find(b"\xff", position)
+                if position < 0 or position + 1 >= size:
+                    return False
+                following = data[position + 1]
+                if following == 0x00 or 0xD0 <= following <= 0xD7:
+                    position += 2
+                else:
+                    break
 
 
 def read_train_ids(path: str | os.PathLike) -> np.ndarray:

@@ -23,6 +23,7 @@ import segformer
 from segformer.convert.labels import convert_dataset, split_pairs, write_split_lists
 from segformer.data.cityscapes import find_polygons
 from segformer.io import write_json
+from segformer.logs import configure_logging
 
 log = logging.getLogger("convert_dataset")
 
@@ -67,7 +68,7 @@ def build_manifest(args, label_root: Path, report, pairs: dict, lists: dict) -> 
 
 
 def main(argv=None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s", stream=sys.stderr)
+    configure_logging()
     args = parse_args(argv)
     if not find_polygons(args.data_root):
         log.error("%s: no gtFine/*/*/*_gtFine_polygons.json found (is this a Cityscapes root?)",

@@ -50,7 +50,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from segformer.engine.train import configure_logging
+    from segformer.logs import configure_logging
 
     configure_logging()
     try:

@@ -45,7 +45,7 @@ def main(argv=None) -> int:
     from segformer.devices import DeviceError, describe_device, use_device
     from segformer.engine.export import ExportCheckFailed, export_model, export_tolerance
     from segformer.engine.inference import load_model
-    from segformer.engine.train import configure_logging
+    from segformer.logs import configure_logging
 
     configure_logging()
     start = time.perf_counter()

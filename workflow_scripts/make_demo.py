@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from segformer.data.demo import generate_demo
+from segformer.logs import configure_logging
 
 log = logging.getLogger("make_demo")
 
@@ -33,7 +34,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s", stream=sys.stderr)
+    configure_logging()
     args = parse_args(argv)
     start = time.perf_counter()
     try:

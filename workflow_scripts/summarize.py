@@ -15,7 +15,14 @@ import logging
 import sys
 
 from segformer.io import write_text
-from segformer.summary import SummaryInputError, plot_miou, read_miou_rows, summary_csv_text, summary_markdown
+from segformer.logs import configure_logging
+from segformer.summary import (
+    SummaryInputError,
+    plot_miou,
+    read_miou_rows,
+    summary_csv_text,
+    summary_markdown,
+)
 
 log = logging.getLogger("summarize")
 
@@ -43,7 +50,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    configure_logging()
     try:
         frame = read_miou_rows(args.miou)
     except SummaryInputError as error:

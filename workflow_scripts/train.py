@@ -13,7 +13,8 @@ import logging
 import sys
 from pathlib import Path
 
-from segformer.engine.train import TrainingDiverged, configure_logging, train
+from segformer.engine.train import TrainingDiverged, train
+from segformer.logs import configure_logging
 from segformer.settings import deep_merge, fill_defaults_and_validate, load_config, train_settings
 
 

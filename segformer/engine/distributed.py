@@ -22,7 +22,8 @@ nothing but msrun (or someone deliberately imitating it) sets. (msrun's dry-run 
 from __future__ import annotations
 
 import os
-from typing import Mapping, NamedTuple
+from collections.abc import Mapping
+from typing import NamedTuple
 
 ROLES = ("MS_WORKER", "MS_SCHED")
 

@@ -11,6 +11,24 @@ the image's own size x ratio) and each flip:
 then the logits are resized (bilinear, align_corners False) to the original image size, so that the
 argmax is taken at the label's full resolution. With one scale and no flip the logits decide; with
 several (or a flip), softmax probabilities are averaged over all of them (mmseg `aug_test`).
+
+Inputs smaller than the network's minimum (MIN_INPUT_SIDE = 29 px a side: the stage-1 map, a quarter
+of the input, must hold one 8x8 patch of the attention's spatial reduction) are not refused. mmseg 0.x
+has no rule for them: its test pipelines resize every image to the test scale (keep-ratio `Resize`,
+which enlarges small images, so with `scale: [2048, 1024]` a photo reaches this case only if it is
+extremely elongated) and `slide_inference` decodes a window smaller than the crop as it is (the PyTorch
+model then fails the same way; open-mmlab/mmsegmentation#389), where early 0.x releases (code many
+forks still carry) padded every window to the crop with zeros. The rules here extend each mode the
+way it already works, and change nothing for inputs of 29 px or more (tests/test_inference.py):
+- whole: an input (after the test resize) with a side under the minimum is resized up, keeping its
+  ratio, until its short side is MIN_INPUT_SIDE: the keep-ratio `Resize` of the test pipeline, taken
+  as far as the network needs. The network sees the whole picture, not a canvas of padding, and its
+  logits are resized to the original size like those of any test scale.
+- slide: a window with a side under the minimum is padded at the bottom/right with zeros after
+  normalisation (mmseg's `Pad` value) up to the minimum, and only the logits of its real pixels are
+  kept, as early `slide_inference` did: sliding windows keep the pixel scale the mode is about.
+- multi-scale + flip: every view follows its mode's rule, and its scores are brought back to the
+  original size before averaging, as every view's are.
 """
 
 from __future__ import annotations
@@ -25,8 +43,36 @@ from mindspore import Tensor, nn, ops
 
 from segformer.data.transforms import NormalizePadCHW, rescale_size, resize_pair
 from segformer.engine.inference_settings import InferenceSettings, window_boxes
+from segformer.models.layers import conv_output_size
+from segformer.models.variants import VARIANTS
 
 log = logging.getLogger(__name__)
+
+
+def minimum_input_side(config=VARIANTS["b0"]) -> int:
+    """The smallest image side every stage of the MiT backbone accepts: each stage's map (after its
+    overlapping patch embedding) must be at least its spatial-reduction ratio. 29 for b0 ... b5."""
+    side = 1
+    while True:
+        size, fits = side, True
+        for patch, stride, ratio in zip(config.patch_sizes, config.strides, config.sr_ratios):
+            size = conv_output_size(size, patch, stride, patch // 2)
+            fits = fits and size >= ratio
+        if fits:
+            return side
+        side += 1
+
+
+MIN_INPUT_SIDE = minimum_input_side()
+
+
+def enlarge_to_minimum(size: tuple[int, int], width: int, height: int, minimum: int = MIN_INPUT_SIDE):
+    """(w, h) `size` if both sides reach `minimum`, else the keep-ratio size of the width x height
+    image whose short side is `minimum` (rounded as mmcv.rescale_size)."""
+    if min(size) >= minimum:
+        return size
+    factor = minimum / min(width, height)
+    return max(minimum, int(width * factor + 0.5)), max(minimum, int(height * factor + 0.5))
 
 
 def load_model(variant: str, checkpoint, num_classes: int = 19) -> nn.Cell:
@@ -84,9 +130,24 @@ class Segmenter:
         self._forward = ms.jit(cell.construct) if jit else cell
 
     def input_sizes(self, width: int, height: int) -> list[tuple[int, int]]:
-        """(w, h) of the resized image for each test ratio (mmseg MultiScaleFlipAug + keep-ratio Resize)."""
+        """(w, h) of the resized image for each test ratio (mmseg MultiScaleFlipAug + keep-ratio Resize);
+        in whole mode enlarged, keeping the ratio, where a side would be under MIN_INPUT_SIDE."""
         base_w, base_h = self.settings.scale or (width, height)
-        return [rescale_size(width, height, (int(base_w * r), int(base_h * r))) for r in self.settings.ratios]
+        sizes = [rescale_size(width, height, (int(base_w * r), int(base_h * r))) for r in self.settings.ratios]
+        sizes = [(max(w, 1), max(h, 1)) for w, h in sizes]  # a 1-px side at ratio 0.5 would round to 0
+        if self.settings.mode == "whole":
+            sizes = [enlarge_to_minimum(size, width, height) for size in sizes]
+        return sizes
+
+    def window_logits(self, image: np.ndarray, batch: Tensor, y1: int, y2: int, x1: int, x2: int) -> np.ndarray:
+        """Logits [C, y2 - y1, x2 - x1] of one slide window; one with a side under MIN_INPUT_SIDE is padded
+        with zeros (after normalisation) at the bottom/right to the minimum and its real pixels kept."""
+        height, width = y2 - y1, x2 - x1
+        if min(height, width) >= MIN_INPUT_SIDE:
+            return self._forward(batch[:, :, y1:y2, x1:x2]).asnumpy()[0]
+        padded = np.zeros((1, 3, max(height, MIN_INPUT_SIDE), max(width, MIN_INPUT_SIDE)), np.float32)
+        padded[0, :, :height, :width] = image[:, y1:y2, x1:x2]
+        return self._forward(Tensor(padded)).asnumpy()[0][:, :height, :width]
 
     def network_logits(self, image: np.ndarray) -> Tensor:
         """Normalised image (3 x h x w float32) -> logits [1, C, h, w] by whole or slide inference."""
@@ -96,7 +157,7 @@ class Segmenter:
         height, width = image.shape[1:]
         total = count = None
         for y1, y2, x1, x2 in window_boxes(height, width, self.settings.crop_size, self.settings.stride):
-            window = self._forward(batch[:, :, y1:y2, x1:x2]).asnumpy()[0]
+            window = self.window_logits(image, batch, y1, y2, x1, x2)
             if total is None:
                 total = np.zeros((window.shape[0], height, width), np.float32)
                 count = np.zeros((height, width), np.float32)

@@ -7,6 +7,8 @@ For each image STEM (its file name without the extension, e.g. `munich_000005_00
 - `labelIds/STEM_labelIds.png`: label ids, the format of the Cityscapes test server and of
   csEvalPixelLevelSemanticLabeling, alone in their folder (that tool takes every png whose name
   starts with the frame id as a prediction and refuses two for one frame).
+Every output has its image's size as read (segformer.io.read_image_rgb: any PNG colour type or bit
+depth and JPEG, EXIF orientation applied, so the displayed size).
 The output folder is built under a temporary name and renamed into place when every image is done.
 """
 
@@ -69,19 +71,31 @@ def output_paths(out_dir: str | os.PathLike, stem: str) -> dict[str, Path]:
     return paths
 
 
+def is_image_file(path: str | os.PathLike) -> bool:
+    """A png/jpg/jpeg name, in any case (photo.JPG, scan.Png)."""
+    return Path(path).suffix.lower() in IMAGE_EXTENSIONS
+
+
 def images_to_render(source: str | os.PathLike, limit: int = 0) -> list[Path]:
-    """The images of a split list (IMAGE<TAB>LABEL) or of a folder (png/jpg, recursive, hidden files
-    skipped), sorted; the first `limit` if it is positive. Two images with one stem are an error."""
+    """The images to render, sorted; the first `limit` if it is positive. `source` is one image file
+    (png/jpg/jpeg by its name, any case), a split list (IMAGE<TAB>LABEL) or a folder (png/jpg/jpeg in
+    any case, recursive, hidden files and folders skipped). Two images with one stem are an error."""
     source = Path(source)
-    if source.is_file():
-        images = [image for image, _ in read_split_list(source)]
+    if source.is_file() and is_image_file(source):
+        images = [source]
+    elif source.is_file():
+        try:
+            images = [image for image, _ in read_split_list(source)]
+        except UnicodeDecodeError:
+            raise ValueError(f"{source}: neither a png/jpg image (by its name) nor a split list "
+                             f"(IMAGE<TAB>LABEL text)") from None
     elif source.is_dir():
-        images = sorted(p for p in source.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
+        images = sorted(p for p in source.rglob("*") if is_image_file(p) and p.is_file()
                         and not any(part.startswith(".") for part in p.relative_to(source).parts))
     else:
-        raise FileNotFoundError(f"{source}: neither an image folder nor a split list")
+        raise FileNotFoundError(f"{source}: neither an image, an image folder nor a split list")
     if not images:
-        raise FileNotFoundError(f"{source}: no images (png/jpg) found")
+        raise FileNotFoundError(f"{source}: no images (png/jpg/jpeg) found")
     images = sorted(images)[: limit or None]
     seen: dict[str, Path] = {}
     for image in images:
@@ -90,6 +104,20 @@ def images_to_render(source: str | os.PathLike, limit: int = 0) -> list[Path]:
             raise ValueError(f"{image} and {seen[stem]} share the name {stem!r}: their outputs would collide")
         seen[stem] = image
     return images
+
+
+def check_images(images: Sequence[Path]) -> None:
+    """Decode every image once before the model is loaded, so that a folder with a truncated or
+    foreign file fails in seconds naming all of them, not hours later at the first one."""
+    problems = []
+    for image_path in images:
+        try:
+            read_image_rgb(image_path)
+        except (OSError, ValueError) as error:
+            problems.append(str(error))
+    if problems:
+        raise ValueError(f"{len(problems)} of {len(images)} images cannot be read (nothing rendered):\n  "
+                         + "\n  ".join(problems))
 
 
 def render_images(segmenter: Segmenter, images: Sequence[Path], out_dir: str | os.PathLike) -> None:

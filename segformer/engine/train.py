@@ -27,7 +27,6 @@ import json
 import logging
 import math
 import os
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -385,8 +384,3 @@ def _evaluate_and_keep_best(validation, settings, iteration, best, out_ckpt, dis
                 ms.save_checkpoint(net, str(tmp))
             log.info("best so far: %s", best_path)
     return miou
-
-
-def configure_logging() -> None:
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
