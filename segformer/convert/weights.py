@@ -28,10 +28,11 @@ import numpy as np
 
 from segformer.extras import require
 from segformer.io import atomic_path, write_json
+from segformer.models.checkpoint import CheckpointMismatch, check_fit, has_head
 from segformer.models.variants import VARIANTS, variant_config
 
 
-class ConversionError(ValueError):
+class ConversionError(CheckpointMismatch):
     """A checkpoint that cannot be converted; the message names the file, the keys and the problem."""
 
 
@@ -447,10 +448,6 @@ def _variant_name(variant: str) -> str:
     return str(variant).lower().removeprefix("mit_")
 
 
-def has_head(params: Mapping[str, np.ndarray]) -> bool:
-    return any(k.startswith("decode_head.") for k in params)
-
-
 def source_key(name: str, layout: str) -> str:
     """How a MindSpore parameter name is spelled in a source of `layout` (for messages)."""
     codec, fields = _parse(name, "ms")
@@ -466,34 +463,11 @@ def source_key(name: str, layout: str) -> str:
 
 def check_shapes(params: Mapping[str, np.ndarray], expected: Mapping[str, tuple], source: str = "checkpoint",
                  absent: Iterable[str] = (), layout: str = "mindspore") -> None:
-    """Refuse unless `params` has exactly the expected names and shapes; every offender is named.
-
-    Names are MindSpore names, with the source's own spelling beside them where it differs. `absent` adds
-    source keys known to be missing that have no MindSpore name of their own (the absent half of a
-    Hugging Face key/value pair, whose kv is then missing too).
-    """
-    def named(key):
-        spelled = source_key(key, layout)
-        return key if spelled == key else f"{key} (source: {spelled})"
-
-    missing = [named(k) for k in sorted(set(expected) - set(params))] + sorted(absent)
-    unexpected = sorted(set(params) - set(expected))
-    mismatched = [f"{named(k)}: checkpoint {tuple(params[k].shape)}, model {tuple(expected[k])}"
-                  for k in sorted(set(params) & set(expected)) if tuple(params[k].shape) != tuple(expected[k])]
-    problems = [f"{title} ({len(keys)}): {', '.join(keys)}"
-                for title, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched))
-                if keys]
-    if problems:
-        raise ConversionError(f"{source}: does not fit the model:\n  " + "\n  ".join(problems))
-
-
-def check_against_model(params: Mapping[str, np.ndarray], net, source: str = "checkpoint") -> None:
-    """Check names and shapes against a built MindSpore model; a backbone-only checkpoint is checked
-    against the model's backbone only (the head then keeps its initialisation)."""
-    expected = {name: tuple(p.shape) for name, p in net.parameters_and_names()}
-    if not has_head(params):
-        expected = {k: v for k, v in expected.items() if k.startswith("backbone.")}
-    check_shapes(params, expected, source)
+    """segformer.models.checkpoint.check_fit with the source's own spelling of each name in the message."""
+    try:
+        check_fit(params, expected, source, absent=absent, spell=lambda key: source_key(key, layout))
+    except CheckpointMismatch as error:
+        raise ConversionError(str(error)) from None
 
 
 # ---------------------------------------------------------------------------------------------------------

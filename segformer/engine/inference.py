@@ -43,6 +43,7 @@ from mindspore import Tensor, nn, ops
 
 from segformer.data.transforms import NormalizePadCHW, rescale_size, resize_pair
 from segformer.engine.inference_settings import InferenceSettings, window_boxes
+from segformer.models.checkpoint import CheckpointMismatch, check_fits_model, without_optimizer_state
 from segformer.models.layers import conv_output_size
 from segformer.models.variants import VARIANTS
 
@@ -79,21 +80,17 @@ def load_model(variant: str, checkpoint, num_classes: int = 19) -> nn.Cell:
     """SegFormer-`variant` with every parameter (head included) from a MindSpore checkpoint, in eval mode.
 
     A checkpoint that does not fit (another variant, a backbone only, other classes) is refused with
-    every offending name listed (ConversionError, a ValueError).
+    every offending name listed (CheckpointMismatch, a ValueError).
     """
-    from segformer.convert.weights import ConversionError, check_shapes, has_head
     from segformer.models import build_model
 
     net = build_model(variant, num_classes)
     try:
         params = ms.load_checkpoint(str(checkpoint))
     except (RuntimeError, ValueError, OSError) as e:
-        raise ConversionError(f"{checkpoint}: not a readable MindSpore checkpoint ({e})") from None
-    params = {name: value for name, value in params.items() if not name.startswith("adamw_")}
-    if not has_head(params):
-        raise ConversionError(f"{checkpoint}: holds no decode head (a backbone-only checkpoint?); "
-                              f"evaluation needs a trained model")
-    check_shapes(params, {name: tuple(p.shape) for name, p in net.parameters_and_names()}, str(checkpoint))
+        raise CheckpointMismatch(f"{checkpoint}: not a readable MindSpore checkpoint ({e})") from None
+    params = without_optimizer_state(params)
+    check_fits_model(params, net, str(checkpoint), head_required=True)
     ms.load_param_into_net(net, params, strict_load=True)
     net.set_train(False)
     return net

@@ -45,6 +45,7 @@ from segformer.engine.state import StateDir
 from segformer.engine.step import DynamicLossScale, TrainStep, to_mixed_precision
 from segformer.io import atomic_path, write_text
 from segformer.models import build_model
+from segformer.models.checkpoint import CheckpointMismatch, check_fits_model, has_head, without_optimizer_state
 from segformer.models.stochastic import draw_masks
 
 log = logging.getLogger(__name__)
@@ -80,29 +81,16 @@ def init_distributed() -> Distributed:
 
 
 def load_pretrained(net: nn.Cell, path: str | os.PathLike) -> str:
-    """Load a converted checkpoint: every backbone parameter must be there (else fail, naming them).
-
-    A checkpoint with a decode head of the right shape loads it too; an ImageNet backbone leaves the
-    head at its initialisation. Returns a one-line description for the logs.
-    """
-    params = ms.load_checkpoint(str(path))
-    net_params = dict(net.parameters_and_names())
-    backbone = [name for name in net_params if name.startswith("backbone.")]
-    missing = [name for name in backbone if name not in params]
-    wrong = [f"{name} {tuple(params[name].shape)} vs {tuple(net_params[name].shape)}"
-             for name in net_params if name in params and tuple(params[name].shape) != tuple(net_params[name].shape)]
-    unexpected = [name for name in params if name not in net_params and not name.startswith("adamw_")]
-    if missing or wrong or unexpected:
-        raise ValueError(
-            f"{path}: cannot start from this checkpoint: "
-            + "; ".join(f"{what}: {', '.join(names[:8])}{' ...' if len(names) > 8 else ''}"
-                        for what, names in (("missing backbone parameters", missing),
-                                            ("shape mismatches", wrong), ("unexpected keys", unexpected))
-                        if names))
-    loadable = {name: value for name, value in params.items() if name in net_params}
-    ms.load_param_into_net(net, loadable, strict_load=True)
-    has_head = any(name.startswith("decode_head.") for name in loadable)
-    return f"{path} ({len(loadable)} tensors; {'backbone and head' if has_head else 'backbone only, head initialised'})"
+    """Load a converted checkpoint: the whole model, or every backbone parameter (the head then keeps its
+    initialisation); anything else is refused, naming the keys. Returns a one-line description for the logs."""
+    params = without_optimizer_state(ms.load_checkpoint(str(path)))
+    try:
+        check_fits_model(params, net, str(path), head_required=False)
+    except CheckpointMismatch as error:
+        raise ValueError(f"cannot start from this checkpoint: {error}") from None
+    ms.load_param_into_net(net, params, strict_load=True)
+    parts = "backbone and head" if has_head(params) else "backbone only, head initialised"
+    return f"{path} ({len(params)} tensors; {parts})"
 
 
 def build_optimizer(net: nn.Cell, settings: dict) -> tuple[AdamW, list]:
@@ -223,7 +211,7 @@ def train(settings: dict, *, variant: str, train_list: str, val_list: str | None
     if resume_file is not None:
         saved = ms.load_checkpoint(str(resume_file))
         start_iteration = int(saved["iteration"].asnumpy())
-        ms.load_param_into_net(net, {k: v for k, v in saved.items() if not k.startswith("adamw_")})
+        ms.load_param_into_net(net, without_optimizer_state(saved))
         optimizer.load_state(saved)
         if scaler is not None and "loss_scale" in saved:
             scaler.scale = float(saved["loss_scale"].asnumpy())
