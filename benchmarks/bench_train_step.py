@@ -23,8 +23,9 @@ import time
 from bench_inference import HF_SHAPES, timed_runs   # same directory: on sys.path when run as a script
 from workers import peak_rss_mib, run_worker
 
+from segformer.data.cityscapes import IGNORE_INDEX
+
 BASE_LR, WEIGHT_DECAY, HEAD_LR_MULT = 6e-5, 0.01, 10.0   # the official recipe
-IGNORE_INDEX = 255
 DEMO = dict(variant="b0", batch=4, height=128, width=128)   # the demo training (config.yaml defaults)
 
 

@@ -16,15 +16,11 @@ from typing import Dict, Iterable, List, Mapping, Optional, Sequence
 
 import numpy as np
 
-IGNORE_INDEX = 255
-
+from segformer.data.cityscapes import IGNORE_INDEX, train_classes
 
 def cityscapes_class_names() -> List[str]:
-    """The 19 Cityscapes training classes in train-id order, from ``cityscapesscripts.helpers.labels``."""
-    from cityscapesscripts.helpers.labels import labels
-
-    by_id = {label.trainId: label.name for label in labels if 0 <= label.trainId < IGNORE_INDEX}
-    return [by_id[i] for i in range(len(by_id))]
+    """The 19 Cityscapes training classes in train-id order."""
+    return [label.name for label in train_classes()]
 
 
 def miou_csv_header(class_names: Optional[Sequence[str]] = None) -> List[str]:

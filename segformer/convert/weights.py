@@ -26,6 +26,7 @@ from typing import Iterable, Mapping
 
 import numpy as np
 
+from segformer.data.cityscapes import IGNORE_INDEX, train_classes
 from segformer.extras import require
 from segformer.io import atomic_path, write_json
 from segformer.models.checkpoint import CheckpointMismatch, check_fit, has_head
@@ -530,9 +531,7 @@ def save_mindspore(params: Mapping[str, np.ndarray], path: str | os.PathLike) ->
 
 def _class_names(num_classes: int) -> list[str]:
     if num_classes == 19:
-        from cityscapesscripts.helpers.labels import trainId2label
-
-        return [trainId2label[i].name for i in range(19)]
+        return [label.name for label in train_classes()]
     return [f"LABEL_{i}" for i in range(num_classes)]
 
 
@@ -560,7 +559,7 @@ def hf_config(variant: str, num_classes: int = 19) -> dict:
         "drop_path_rate": cfg.drop_path_rate,
         "layer_norm_eps": 1e-6,
         "decoder_hidden_size": cfg.decoder_dim,
-        "semantic_loss_ignore_index": 255,
+        "semantic_loss_ignore_index": IGNORE_INDEX,
         "reshape_last_stage": True,
         "num_labels": num_classes,
         "id2label": {str(i): n for i, n in enumerate(names)},

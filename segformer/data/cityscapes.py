@@ -21,6 +21,16 @@ LABEL_IDS_SUFFIX = "_gtFine_labelIds.png"
 INSTANCE_IDS_SUFFIX = "_gtFine_instanceIds.png"
 TRAIN_IDS_SUFFIX = "_gtFine_labelTrainIds.png"
 SPLITS = ("train", "val", "test")
+# The train id of every pixel that is not one of the 19 training classes: labels, loss and scores skip it.
+IGNORE_INDEX = 255
+
+
+def train_classes() -> list:
+    """cityscapesscripts' Label records of the 19 training classes, in train-id order (never retyped)."""
+    from cityscapesscripts.helpers.labels import labels
+
+    by_id = {label.trainId: label for label in labels if 0 <= label.trainId < IGNORE_INDEX}
+    return [by_id[i] for i in range(len(by_id))]
 
 
 def frame_id(path: str | os.PathLike) -> str:

@@ -24,7 +24,8 @@ import cv2
 import numpy as np
 
 from segformer.data.cityscapes import read_split_list
-from segformer.data.transforms import IGNORE_INDEX, MEAN, STD, build_train_transform
+from segformer.data.cityscapes import IGNORE_INDEX
+from segformer.data.transforms import MEAN, STD, build_train_transform
 from segformer.io import read_image_rgb, read_train_ids
 
 # Distinct first words keep the shuffle and augmentation streams independent for the same seed.

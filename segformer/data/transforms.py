@@ -26,7 +26,8 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-IGNORE_INDEX = 255
+from segformer.data.cityscapes import IGNORE_INDEX
+
 # ImageNet statistics on RGB 0-255 (img_norm_cfg of every SegFormer config).
 MEAN = (123.675, 116.28, 103.53)
 STD = (58.395, 57.12, 57.375)

@@ -15,6 +15,8 @@ import numpy as np
 import mindspore as ms
 from mindspore import nn, ops
 
+from segformer.data.cityscapes import IGNORE_INDEX
+
 _FLOAT32_EPS = float(np.finfo(np.float32).eps)
 
 
@@ -25,7 +27,7 @@ class SegCrossEntropyLoss(nn.Cell):
     and PyNative mode; computed in float32 whatever the logits' dtype (mmseg's ``force_fp32``).
     """
 
-    def __init__(self, ignore_index: int = 255, avg_non_ignore: bool = False, loss_weight: float = 1.0,
+    def __init__(self, ignore_index: int = IGNORE_INDEX, avg_non_ignore: bool = False, loss_weight: float = 1.0,
                  align_corners: bool = False):
         super().__init__()
         self.ignore_index = int(ignore_index)

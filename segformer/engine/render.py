@@ -23,7 +23,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from segformer.data.cityscapes import image_stem, read_split_list
+from segformer.data.cityscapes import image_stem, read_split_list, train_classes
 from segformer.engine.inference import Progress, Segmenter
 from segformer.io import atomic_folder, read_image_rgb, write_png
 
@@ -37,14 +37,11 @@ LABEL_IDS_FOLDER = "labelIds"
 def train_id_tables() -> tuple[np.ndarray, np.ndarray]:
     """(colour RGB [256, 3] uint8, label id [256] uint8) indexed by train id; 255 and unused ids map to
     black / 0 ('unlabeled'). From cityscapesscripts' label table, never retyped."""
-    from cityscapesscripts.helpers.labels import labels
-
     colours = np.zeros((256, 3), np.uint8)
     label_ids = np.zeros(256, np.uint8)
-    for label in labels:
-        if 0 <= label.trainId < 255:
-            colours[label.trainId] = label.color
-            label_ids[label.trainId] = label.id
+    for label in train_classes():
+        colours[label.trainId] = label.color
+        label_ids[label.trainId] = label.id
     return colours, label_ids
 
 
