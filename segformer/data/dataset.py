@@ -18,14 +18,13 @@ from __future__ import annotations
 import functools
 import os
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable
 
 import cv2
 import numpy as np
 
 from segformer.data.cityscapes import read_split_list
-from segformer.data.cityscapes import IGNORE_INDEX
-from segformer.data.transforms import MEAN, STD, build_train_transform
+from segformer.data.transforms import build_train_transform
 from segformer.io import read_image_rgb, read_train_ids
 
 # Distinct first words keep the shuffle and augmentation streams independent for the same seed.
@@ -162,18 +161,11 @@ def build_train_dataset(
     num_workers: int = 2,
     python_multiprocessing: bool = False,
     shuffle: bool = True,
-    crop_size: tuple[int, int] = (1024, 1024),
-    base_scale: tuple[int, int] = (2048, 1024),
-    ratio_range: tuple[float, float] = (0.5, 2.0),
-    cat_max_ratio: float = 0.75,
-    flip_prob: float = 0.5,
-    photometric: bool = True,
-    mean: Sequence[float] = MEAN,
-    std: Sequence[float] = STD,
-    ignore_index: int = IGNORE_INDEX,
+    **augmentation,
 ):
     """Batches ('image' B x 3 x h x w float32, 'label' B x h x w int32) for iterations
-    [start_iteration, num_iterations) of this shard, (h, w) = crop_size.
+    [start_iteration, num_iterations) of this shard, (h, w) = crop_size. `augmentation`: the keyword
+    arguments of segformer.data.transforms.build_train_transform (defaults: the official pipeline).
 
     Iterate once: `for image, label in ds.create_tuple_iterator(num_epochs=1)`; the dataset holds
     exactly num_iterations - start_iteration batches (the stream runs through as many passes over the
@@ -184,10 +176,7 @@ def build_train_dataset(
     threads gave ~17.5 samples per CPU-second, processes ~13). python_multiprocessing=True uses
     processes instead. OpenCV is limited to 1 thread per worker (CityscapesSource.cv2_threads).
     """
-    transform = build_train_transform(
-        crop_size=crop_size, base_scale=base_scale, ratio_range=ratio_range, cat_max_ratio=cat_max_ratio,
-        flip_prob=flip_prob, photometric=photometric, mean=mean, std=std, ignore_index=ignore_index,
-    )
+    transform = build_train_transform(**augmentation)
     source = CityscapesSource(list_path, transform, seed=seed)
     order = TrainOrder(len(source), batch_size, seed, num_shards, shard_id, shuffle)
     stream = TrainStream(source, order, start_iteration, num_iterations)

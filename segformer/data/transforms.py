@@ -335,6 +335,12 @@ class Compose:
         return image, label
 
 
+def augmentation_from_settings(settings: dict) -> dict:
+    """build_train_transform's keyword arguments from a variant's `train` settings (schema names)."""
+    keys = ("crop_size", "base_scale", "ratio_range", "cat_max_ratio", "flip_prob", "photometric")
+    return {**{key: settings[key] for key in keys}, "ignore_index": settings["loss"]["ignore_index"]}
+
+
 def build_train_transform(
     *,
     crop_size: tuple[int, int] = (1024, 1024),

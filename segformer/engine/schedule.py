@@ -21,7 +21,7 @@ Pure Python / numpy: the training loop calls ``schedule(t)`` before each step an
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Mapping, Optional
 
 
@@ -80,8 +80,7 @@ class PolySchedule:
         _check(self.max_iters, self.warmup, self.warmup_iters, self.warmup_ratio, self.power)
 
     def _kwargs(self):
-        return dict(power=self.power, min_lr=self.min_lr, warmup=self.warmup, warmup_iters=self.warmup_iters,
-                    warmup_ratio=self.warmup_ratio)
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("base_lr", "max_iters")}
 
     def __call__(self, t: int) -> float:
         return lr_at(t, self.base_lr, self.max_iters, **self._kwargs())
@@ -89,7 +88,7 @@ class PolySchedule:
     @classmethod
     def from_config(cls, base_lr: float, max_iters: int, cfg: Mapping[str, Any]) -> "PolySchedule":
         """From a config mapping with keys power, min_lr, warmup ('linear' or none), warmup_iters, warmup_ratio."""
-        known = {"power", "min_lr", "warmup", "warmup_iters", "warmup_ratio"}
+        known = {f.name for f in fields(cls)} - {"base_lr", "max_iters"}
         unknown = set(cfg) - known
         if unknown:
             raise ValueError(f"schedule config: unknown keys {sorted(unknown)} (known: {sorted(known)})")

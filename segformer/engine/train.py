@@ -36,6 +36,7 @@ import numpy as np
 from mindspore import nn
 
 from segformer.data.dataset import build_train_dataset
+from segformer.data.transforms import augmentation_from_settings
 from segformer.devices import describe_device, use_device
 from segformer.engine.distributed import msrun_world
 from segformer.engine.loss import SegCrossEntropyLoss
@@ -233,11 +234,7 @@ def train(settings: dict, *, variant: str, train_list: str, val_list: str | None
     data = build_train_dataset(
         train_list, batch_size=batch_size, num_iterations=iterations * grad_accum,
         start_iteration=start_iteration * grad_accum, seed=seed, num_shards=dist.world_size,
-        shard_id=dist.rank, num_workers=int(settings["num_workers"]),
-        crop_size=tuple(settings["crop_size"]), base_scale=tuple(settings["base_scale"]),
-        ratio_range=tuple(settings["ratio_range"]), cat_max_ratio=settings["cat_max_ratio"],
-        flip_prob=settings["flip_prob"], photometric=settings["photometric"],
-        ignore_index=settings["loss"]["ignore_index"])
+        shard_id=dist.rank, num_workers=int(settings["num_workers"]), **augmentation_from_settings(settings))
     batches = data.create_tuple_iterator(num_epochs=1)
 
     step = TrainStep(model, loss_fn, optimizer, world_size=dist.world_size, grad_accum=grad_accum,
