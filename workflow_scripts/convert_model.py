@@ -1,7 +1,7 @@
 """Convert SegFormer weights to a MindSpore checkpoint (or a MindSpore checkpoint to Hugging Face files).
 
-    python workflow_scripts/convert_model.py --pt_model_path mit_b0.pth --ms_model_path mit_b0.ckpt [--variant b0]
-    python workflow_scripts/convert_model.py --pt_model_path model.ckpt --ms_model_path hf_dir --to hf
+    python workflow_scripts/convert_model.py --src mit_b0.pth --dst mit_b0.ckpt [--variant b0]
+    python workflow_scripts/convert_model.py --src model.ckpt --dst hf_dir --to hf
 
 Sources (recognised from their keys): the authors' ImageNet backbones mit_bX.pth (-> backbone-only
 checkpoint; the decode head keeps its initialisation), their trained segmentation checkpoints (state_dict +
@@ -29,10 +29,12 @@ from segformer.extras import MissingExtra
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--pt_model_path", required=True,
-                        help="source: mit_bX.pth, a trained NVlabs .pth, a Hugging Face folder/file, or a .ckpt")
-    parser.add_argument("--ms_model_path", required=True,
-                        help="destination: a .ckpt file (--to ms) or a folder (--to hf)")
+    parser.add_argument("--src", "--pt_model_path", dest="src", required=True,
+                        help="source: mit_bX.pth, a trained NVlabs .pth, a Hugging Face folder/file, or a .ckpt "
+                             "(--pt_model_path: the seed's name, still accepted)")
+    parser.add_argument("--dst", "--ms_model_path", dest="dst", required=True,
+                        help="destination: a .ckpt file (--to ms) or a folder (--to hf) (--ms_model_path: the "
+                             "seed's name, still accepted)")
     parser.add_argument("--variant", default=None,
                         help="expected variant b0..b5; a source of another variant is refused (default: any)")
     parser.add_argument("--num_classes", type=int, default=None,
@@ -45,20 +47,20 @@ def parse_args(argv=None):
 def convert(args) -> list[str]:
     from segformer.models import build_model
 
-    source = args.pt_model_path
+    source = args.src
     layout, state = load_source(source)
     variant, params, notes = to_mindspore(state, layout, args.variant, args.num_classes, source=source)
     num_classes = num_classes_of(params) or args.num_classes or 19
     check_fits_model(params, build_model(variant, num_classes=num_classes), source, head_required=False)
     if args.to == "hf":
         hf_state, config = ms_to_hf(params, variant, source=source)
-        write_hf(args.ms_model_path, hf_state, config)
-        notes.append(f"wrote {args.ms_model_path}/model.safetensors and config.json ({len(hf_state)} tensors); "
+        write_hf(args.dst, hf_state, config)
+        notes.append(f"wrote {args.dst}/model.safetensors and config.json ({len(hf_state)} tensors); "
                      f"note: Hugging Face runs every LayerNorm with eps 1e-5 "
                      f"(official: 1e-6 in blocks and stage norms)")
     else:
-        save_mindspore(params, args.ms_model_path)
-        notes.append(f"wrote {args.ms_model_path} ({len(params)} parameters)")
+        save_mindspore(params, args.dst)
+        notes.append(f"wrote {args.dst} ({len(params)} parameters)")
     return notes
 
 

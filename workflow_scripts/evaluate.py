@@ -1,7 +1,7 @@
 """Evaluate SegFormer on a split (the evaluation stage), or score predictions already on disk.
 
 A model (from a rule, or by hand like the seed's eval.py):
-    python workflow_scripts/evaluate.py --variant b0 --eval_ckpt_path results/b0/model.ckpt \
+    python workflow_scripts/evaluate.py --variant b0 --ckpt results/b0/model.ckpt \
         --data_path results/data/val.txt --out results/b0/miou.csv [--config_path config.yaml]
 Predictions on disk (train-id PNGs named STEM_gray.png, as the rendering stage writes them):
     python workflow_scripts/evaluate.py --pred_dir results/b0/infer --data_path /data/cityscapes \
@@ -27,7 +27,8 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     model = parser.add_argument_group("evaluate a model")
     model.add_argument("--variant", choices=[f"b{i}" for i in range(6)])
-    model.add_argument("--eval_ckpt_path", help="MindSpore checkpoint of the whole model")
+    model.add_argument("--ckpt", "--eval_ckpt_path", dest="ckpt",
+                       help="MindSpore checkpoint of the whole model (--eval_ckpt_path: the seed's name)")
     model.add_argument("--config_path", action="append", default=[],
                        help="workflow config YAML (repeatable); its `evaluate` section sets the inference mode")
     model.add_argument("--settings", default=None, help="JSON merged over the config's `evaluate` section")
@@ -39,10 +40,10 @@ def parse_args(argv=None):
     parser.add_argument("--name", default=None, help="the csv's variant column (default: --variant, else 'predictions')")
     parser.add_argument("--num_classes", type=int, default=None, help="default: the config's train.num_classes (19)")
     args = parser.parse_args(argv)
-    if (args.pred_dir is None) == (args.eval_ckpt_path is None):
-        parser.error("give either --eval_ckpt_path (with --variant) or --pred_dir")
-    if args.eval_ckpt_path and not args.variant:
-        parser.error("--eval_ckpt_path needs --variant")
+    if (args.pred_dir is None) == (args.ckpt is None):
+        parser.error("give either --ckpt (with --variant) or --pred_dir")
+    if args.ckpt and not args.variant:
+        parser.error("--ckpt needs --variant")
     if args.pred_dir and (args.settings or args.device):
         parser.error("--pred_dir scores files on disk: --settings and --device do not apply")
     return args
@@ -94,8 +95,8 @@ def run(args):
         raise ValueError(f"--settings is not valid JSON: {error}") from None
     settings = InferenceSettings.from_config(deep_merge(config["evaluate"], override))
     log.info("%s", describe_device(use_device(args.device or config["device"])))  # DeviceError is a ValueError
-    net = load_model(args.variant, args.eval_ckpt_path, num_classes)
-    log.info("SegFormer-%s from %s; inference: %s; %d images", args.variant, args.eval_ckpt_path,
+    net = load_model(args.variant, args.ckpt, num_classes)
+    log.info("SegFormer-%s from %s; inference: %s; %d images", args.variant, args.ckpt,
              settings.describe(), len(pairs))
     matrix = evaluate_model(Segmenter(net, settings), pairs, num_classes)
     log.info("evaluated in %.1f s", time.perf_counter() - start)

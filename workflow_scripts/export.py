@@ -1,6 +1,6 @@
 """Export a trained SegFormer as a MindSpore graph (the export stage), like the seed's export.py.
 
-    python workflow_scripts/export.py --variant b0 --ckpt_file results/b0/model.ckpt \
+    python workflow_scripts/export.py --variant b0 --ckpt results/b0/model.ckpt \
         --out results/b0/segformer_b0.mindir --height 1024 --width 2048 \
         [--device Ascend --air results/b0/segformer_b0.air]
 
@@ -23,7 +23,8 @@ log = logging.getLogger("export")
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--variant", required=True, choices=[f"b{i}" for i in range(6)])
-    parser.add_argument("--ckpt_file", required=True, help="MindSpore checkpoint of the whole model")
+    parser.add_argument("--ckpt", "--ckpt_file", dest="ckpt", required=True,
+                        help="MindSpore checkpoint of the whole model (--ckpt_file: the seed's name)")
     parser.add_argument("--out", required=True, help="the .mindir file to write")
     parser.add_argument("--air", default=None,
                         help="also write this .air file (Ascend only; AIR is deprecated in MindSpore 2.10)")
@@ -54,7 +55,7 @@ def main(argv=None) -> int:
         default_rtol, default_atol = export_tolerance(args.device)
         rtol = default_rtol if args.rtol is None else args.rtol
         atol = default_atol if args.atol is None else args.atol
-        net = load_model(args.variant, args.ckpt_file, args.num_classes)
+        net = load_model(args.variant, args.ckpt, args.num_classes)
         diff = export_model(net, args.out, (args.height, args.width), "MINDIR", rtol=rtol, atol=atol)
         log.info("wrote %s (input 1x3x%dx%d); reloaded graph vs model: max |diff| %.3g "
                  "(allowed: %g + %g x max |logit|)", args.out, args.height, args.width, diff, atol, rtol)
