@@ -12,6 +12,7 @@ from snakemake.utils import validate
 sys.path.insert(0, workflow.basedir)  # the segformer library, also when not pip-installed
 
 from segformer.engine.inference_settings import InferenceSettings
+from segformer.extras import MissingExtra
 from segformer.settings import (
     coerce_command_line_strings,
     SCHEMA_PATH,
@@ -20,6 +21,11 @@ from segformer.settings import (
     unknown_keys,
 )
 from segformer.settings import train_settings as segformer_train_settings
+
+
+def config_error(message):
+    """Stop with one line on stderr and exit status 1: what is wrong, and what to do about it."""
+    sys.exit(f"error: {message}")
 
 
 def validate_config(settings):
@@ -92,8 +98,8 @@ def imports_trained_model(variant):
 
     try:
         return holds_decode_head(source)
-    except ValueError as error:
-        raise ValueError(f"config weights.{variant}: {error}") from None
+    except (ValueError, MissingExtra) as error:  # a missing or unreadable file; torch not installed
+        config_error(f"config weights.{variant}: {error}")
 
 
 def variant_pattern(variants):
@@ -118,8 +124,25 @@ def pretrained_source(variant):
     return None
 
 
+def existing_pretrained_source(variant):
+    """pretrained_source(variant), which must exist: a missing one stops the run, named.
+
+    Called where the configuration is read (configured variants) and by the training and conversion jobs'
+    input functions (any variant a target needs). An exception raised in an input function would not do:
+    Snakemake drops a job whose input cannot be had, and when that job's output is already on disk it
+    keeps the file silently, so a model trained from scratch would pass for one trained from the
+    configured source. SystemExit is not caught there.
+    """
+    source = pretrained_source(variant)
+    if source is not None and not Path(source).exists():
+        where = f"weights.{variant}" if variant in config["weights"] else "pretrained_dir"
+        config_error(f"config {where}: {source}: no such file (variant {variant} starts from it; "
+                     f"add the file, or unset {where} to train from scratch)")
+    return source
+
+
 def pretrained_input(wildcards):
-    source = pretrained_source(wildcards.variant)
+    source = existing_pretrained_source(wildcards.variant)
     if source is None:
         raise ValueError(
             f"results/pretrained/mit_{wildcards.variant}.ckpt was asked for, but neither "
@@ -130,9 +153,28 @@ def pretrained_input(wildcards):
 
 def pretrained_checkpoint(wildcards):
     """The training rule's optional input: the converted checkpoint, when one is configured."""
-    if pretrained_source(wildcards.variant) is None:
+    if existing_pretrained_source(wildcards.variant) is None:
         return {}
     return {"pretrained": f"{RESULTS}/pretrained/mit_{wildcards.variant}.ckpt"}
+
+
+def pretrained_flag(wildcards, input):
+    """train.py's `--pretrained PATH` (shell-quoted), or nothing when training from scratch."""
+    return f"--pretrained {shlex.quote(input.pretrained)}" if "pretrained" in input.keys() else ""
+
+
+def check_pretrained_sources():
+    """The configured variants' starting points exist (before any DAG work); `weights` files are
+    checked when read (imports_trained_model)."""
+    folder = config["pretrained_dir"]
+    if folder and not Path(folder).is_dir():
+        config_error(f"config pretrained_dir: {folder}: no such folder (it should hold the authors' "
+                     f"mit_bX.pth; unset pretrained_dir to train from scratch)")
+    for variant in config["variants"]:
+        existing_pretrained_source(variant)
+
+
+check_pretrained_sources()
 
 
 def train_settings(variant):

@@ -18,9 +18,9 @@ rule demo_dataset:
     conda:
         "../envs/segformer.yaml"
     shell:
-        "python {params.script} {output.root} --seed {params.seed}"
+        "python {params.script:q} {output.root:q} --seed {params.seed}"
         " --width {params.width} --height {params.height}"
-        " --train {params.train} --val {params.val} > {log} 2>&1"
+        " --train {params.train} --val {params.val} > {log:q} 2>&1"
 
 
 rule convert_labels:
@@ -42,6 +42,6 @@ rule convert_labels:
     conda:
         "../envs/segformer.yaml"
     shell:
-        "python {params.script} {params.root} --nproc {threads}"
-        " --out_dir {params.out_dir} --lists_dir {params.out_dir}"
-        " --manifest {output.manifest} > {log} 2>&1"
+        "python {params.script:q} {params.root:q} --nproc {threads}"
+        " --out_dir {params.out_dir:q} --lists_dir {params.out_dir:q}"
+        " --manifest {output.manifest:q} > {log:q} 2>&1"

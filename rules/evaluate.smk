@@ -24,6 +24,6 @@ rule evaluate:
     conda:
         "../envs/segformer.yaml"
     shell:
-        "python {params.script} --variant {wildcards.variant} --eval_ckpt_path {input.ckpt}"
-        " --data_path {input.val_list} --out {output.miou} --settings {params.settings:q}"
-        " --num_classes {params.num_classes} --device {params.device} > {log} 2>&1"
+        "python {params.script:q} --variant {wildcards.variant} --eval_ckpt_path {input.ckpt:q}"
+        " --data_path {input.val_list:q} --out {output.miou:q} --settings {params.settings:q}"
+        " --num_classes {params.num_classes} --device {params.device} > {log:q} 2>&1"

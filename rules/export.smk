@@ -25,9 +25,9 @@ rule export:
     conda:
         "../envs/segformer.yaml"
     shell:
-        "python {params.script} --variant {wildcards.variant} --ckpt_file {input.ckpt:q}"
+        "python {params.script:q} --variant {wildcards.variant} --ckpt_file {input.ckpt:q}"
         " --out {output.mindir:q} {params.air:q} --height {params.height} --width {params.width}"
-        " --num_classes {params.num_classes} --device {params.device} > {log} 2>&1"
+        " --num_classes {params.num_classes} --device {params.device} > {log:q} 2>&1"
 
 
 rule export_hf:
@@ -46,8 +46,8 @@ rule export_hf:
     conda:
         "../envs/convert.yaml"
     shell:
-        "python {params.script} --pt_model_path {input.ckpt} --ms_model_path {output.folder}"
-        " --variant {wildcards.variant} --to hf > {log} 2>&1"
+        "python {params.script:q} --pt_model_path {input.ckpt:q} --ms_model_path {output.folder:q}"
+        " --variant {wildcards.variant} --to hf > {log:q} 2>&1"
 
 
 # Its own environment: onnx and onnxruntime need numpy 2, which MindSpore cannot load.
@@ -61,7 +61,7 @@ rule export_onnx:
     benchmark:
         f"{RESULTS}/benchmarks/export_onnx_{{variant}}.tsv"
     params:
-        python=config["export"]["onnx_python"],
+        python=os.path.expanduser(config["export"]["onnx_python"]),  # quoted below: ~ expanded here
         script=script("export_onnx.py"),
         height=config["export"]["input_size"][0],
         width=config["export"]["input_size"][1],
@@ -70,5 +70,5 @@ rule export_onnx:
     conda:
         "../envs/onnx.yaml"
     shell:
-        "{params.python} {params.script} --hf_dir {input.hf} --out {output.onnx}"
-        " --height {params.height} --width {params.width} > {log} 2>&1"
+        "{params.python:q} {params.script:q} --hf_dir {input.hf:q} --out {output.onnx:q}"
+        " --height {params.height} --width {params.width} > {log:q} 2>&1"

@@ -31,7 +31,7 @@ rule infer:
     conda:
         "../envs/segformer.yaml"
     shell:
-        "python {params.script} --variant {wildcards.variant} --ckpt {input.ckpt} --images {input.images}"
-        " --out_dir {output.folder} --preview {output.preview} --limit {params.limit}"
+        "python {params.script:q} --variant {wildcards.variant} --ckpt {input.ckpt:q} --images {input.images:q}"
+        " --out_dir {output.folder:q} --preview {output.preview:q} --limit {params.limit}"
         " --settings {params.settings:q} --num_classes {params.num_classes} --device {params.device}"
-        " > {log} 2>&1"
+        " > {log:q} 2>&1"

@@ -20,5 +20,5 @@ rule summary:
     conda:
         "../envs/segformer.yaml"
     shell:
-        "python {params.script} --miou {input.miou} --out_csv {output.csv} --out_md {output.md}"
-        " --out_png {output.png} --evaluation {params.evaluation:q} {params.flags} > {log} 2>&1"
+        "python {params.script:q} --miou {input.miou:q} --out_csv {output.csv:q} --out_md {output.md:q}"
+        " --out_png {output.png:q} --evaluation {params.evaluation:q} {params.flags} > {log:q} 2>&1"

@@ -24,7 +24,7 @@ rule train:
         launcher=script("launch_train.py"),
         per_node=lambda wildcards: per_node_prefix(),
         settings=lambda wildcards: json.dumps(train_settings(wildcards.variant), sort_keys=True),
-        pretrained=lambda wildcards, input: f"--pretrained {input.pretrained}" if "pretrained" in input.keys() else "",
+        pretrained=pretrained_flag,  # shell-quoted in common.smk
         devices=config["devices"],
         nodes=config["nodes"],
         device=config["device"],
@@ -41,13 +41,13 @@ rule train:
     conda:
         "../envs/segformer.yaml"
     shell:
-        "{params.per_node}python {params.launcher} --devices {params.devices} --nodes {params.nodes}"
-        " --log_dir {params.msrun_dir} --"
+        "{params.per_node}python {params.launcher:q} --devices {params.devices} --nodes {params.nodes}"
+        " --log_dir {params.msrun_dir:q} --"
         " --variant {wildcards.variant} --settings {params.settings:q}"
-        " --train_list {input.train_list} --val_list {input.val_list} {params.pretrained}"
-        " --ckpt {output.ckpt} --log_csv {output.train_log} --curve {output.curve}"
-        " --state_dir {params.state_dir} --device {params.device} --precision {params.precision}"
-        " > {log} 2>&1"
+        " --train_list {input.train_list:q} --val_list {input.val_list:q} {params.pretrained}"
+        " --ckpt {output.ckpt:q} --log_csv {output.train_log:q} --curve {output.curve:q}"
+        " --state_dir {params.state_dir:q} --device {params.device} --precision {params.precision}"
+        " > {log:q} 2>&1"
 
 
 rule import_trained:
@@ -67,5 +67,5 @@ rule import_trained:
     conda:
         "../envs/convert.yaml"
     shell:
-        "python {params.script} --pt_model_path {input.source} --ms_model_path {output.ckpt}"
-        " --variant {wildcards.variant} --num_classes {params.num_classes} > {log} 2>&1"
+        "python {params.script:q} --pt_model_path {input.source:q} --ms_model_path {output.ckpt:q}"
+        " --variant {wildcards.variant} --num_classes {params.num_classes} > {log:q} 2>&1"

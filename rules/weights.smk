@@ -17,5 +17,5 @@ rule convert_pretrained:
     conda:
         "../envs/convert.yaml"
     shell:
-        "python {params.script} --pt_model_path {input.source}"
-        " --ms_model_path {output.ckpt} --variant {wildcards.variant} > {log} 2>&1"
+        "python {params.script:q} --pt_model_path {input.source:q}"
+        " --ms_model_path {output.ckpt:q} --variant {wildcards.variant} > {log:q} 2>&1"

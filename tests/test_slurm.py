@@ -96,7 +96,7 @@ TINY_TRAIN = {"iterations": 2, "batch_size": 1, "crop_size": [64, 64], "base_sca
 
 def test_one_variant_chain_runs_as_slurm_jobs_with_data_parallel_training(slurm_cluster, tmp_path):
     """demo -> labels -> training on 2 msrun workers inside one SLURM job -> evaluation."""
-    workdir = copy_working_tree(tmp_path / "workflow")
+    workdir = copy_working_tree(tmp_path / "my work's dir" / "workflow")  # a space and a quote, as users' paths have
     (workdir / "tiny.yaml").write_text(json.dumps({"demo": TINY_DEMO, "labels": {"nproc": 2},
                                                    "devices": 2, "train": TINY_TRAIN}))
     env = {**slurm_cluster.env, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}

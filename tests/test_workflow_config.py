@@ -1,4 +1,5 @@
-"""The workflow's configuration: schema defaults, unknown keys, lint. Dry runs only (no jobs)."""
+"""The workflow's configuration: schema defaults, unknown keys, lint, configured sources, optional extras.
+Dry runs only (no jobs)."""
 
 import subprocess
 import sys
@@ -107,3 +108,63 @@ def test_msrun_command_for_the_second_node_of_two():
     assert master_port("/abs/results/b0/msrun") != master_port("/abs/results/b1/msrun")
     single = train_command("train.py", [], devices=1, nodes=1, log_dir="x", job_key="x")
     assert "msrun" not in single[0] and single[-1] == "train.py"
+
+
+def run_without(modules, script_args, cwd=ROOT):
+    """A Python entry point run with `modules` made unimportable, as on an install without their extra."""
+    code = (f"import runpy, sys\n"
+            f"for name in {list(modules)!r}: sys.modules[name] = None\n"
+            f"sys.argv = {list(script_args)!r}\n"
+            f"if sys.argv[0] == 'snakemake': runpy.run_module('snakemake', run_name='__main__', alter_sys=True)\n"
+            f"else: runpy.run_path(sys.argv[0], run_name='__main__')\n")
+    return subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def assert_one_line_naming(result, *expected):
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode != 0 and lines, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "Traceback" not in result.stderr and all(word in lines[-1] for word in expected), result.stderr[-3000:]
+
+
+def test_a_missing_pretrained_source_is_an_error_naming_it(tmp_path):
+    folder = tmp_path / "the authors' backbones"
+    folder.mkdir()
+    result = snakemake("-n", "all", "--config", f"pretrained_dir={folder}")
+    assert_one_line_naming(result, f"{folder}/mit_b0.pth: no such file", "pretrained_dir")
+    for name in ("mit_b0.pth", "mit_b1.pth"):  # the configured variants' (unread in a dry run)
+        (folder / name).write_bytes(b"")
+    result = snakemake("-n", "results/b2/miou.csv", "--config", f"pretrained_dir={folder}")  # any target
+    assert_one_line_naming(result, f"{folder}/mit_b2.pth: no such file", "pretrained_dir")
+    result = snakemake("-n", "--config", f"pretrained_dir={tmp_path / 'nowhere'}")
+    assert_one_line_naming(result, f"{tmp_path / 'nowhere'}: no such folder")
+    result = snakemake("-n", "--config", f"weights={{b1: {tmp_path / 'b1.pth'}}}")
+    assert_one_line_naming(result, "weights.b1", f"{tmp_path / 'b1.pth'}")
+
+
+def test_pytorch_weights_without_the_convert_extra_say_what_to_install(tmp_path):
+    """Without torch, a .pth in `weights` stops the dry run (the workflow reads its keys) and the
+    conversion script, each with one line naming the file and the pip install that fixes it."""
+    weights = tmp_path / "my weights' dir" / "b0.pth"
+    weights.parent.mkdir()
+    weights.write_bytes(b"")  # torch is never reached: its absence is the error
+    fix = "pip install -e '.[convert]'"
+    result = run_without(["torch"], ["snakemake", "-n", "--config", f"weights={{b0: {weights}}}"])
+    assert_one_line_naming(result, "weights.b0", str(weights), fix)
+    result = run_without(["torch"], ["workflow_scripts/convert_model.py", "--pt_model_path", str(weights),
+                                     "--ms_model_path", str(tmp_path / "b0.ckpt")])
+    assert_one_line_naming(result, str(weights), fix)
+    assert not (tmp_path / "b0.ckpt").exists()
+
+
+def test_the_extras_helper_names_each_install_line():
+    from segformer.extras import MissingExtra, require
+
+    assert require("json", "convert").dumps([]) == "[]"
+    for extra, fix in (("convert", "pip install -e '.[convert]'"), ("cluster", "pip install -e '.[cluster]'"),
+                       ("onnx", "pip install -r envs/onnx-requirements.txt")):
+        try:
+            require("segformer_no_such_module", extra, what="x")
+        except MissingExtra as error:
+            message = str(error)
+        assert message.startswith("x: segformer_no_such_module is not installed") and fix in message
+        assert "\n" not in message

@@ -2,9 +2,14 @@
 (b0 trained here; b1 imported from a trained checkpoint in Hugging Face layout, so evaluated without
 training), then the everyday behaviour users rely on: nothing to redo after a run, also after a
 `git pull` touches every source file; one variant's settings change reruns that variant's chain and the
-summary only; one target builds only its chain; a failed job leaves no output; the report renders."""
+summary only; a starting point added or changed after the run replans that variant's conversion and training;
+one target builds only its chain; a failed job leaves no output; the report renders.
+
+The checkout and every path the config names sit in folders whose names hold a space and a single quote
+(ODD), as users' paths do: every rule must quote what it hands to the shell."""
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -24,6 +29,7 @@ TINY = {
     "export": {"input_size": [64, 128]},
 }
 PER_VARIANT = ["miou.csv", "infer", "infer_preview.png", "segformer_{v}.mindir"]
+ODD = "my work's dir"  # a space and a single quote: a folder name the rules' shell commands must survive
 
 
 def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
@@ -58,6 +64,25 @@ def trained_b1_in_hugging_face_layout(folder: Path) -> Path:
     return folder
 
 
+def imagenet_backbone_b0(path: Path) -> Path:
+    """Stands in for the authors' mit_b0.pth: a random b0 backbone, saved by torch in their key layout."""
+    import torch
+    from segformer.models import build_model
+
+    renames = {".gamma": ".weight", ".beta": ".bias"}  # our LayerNorm names -> PyTorch's
+    state = {}
+    for name, param in build_model("b0").parameters_and_names():
+        if name.startswith("backbone."):
+            key = name.removeprefix("backbone.")
+            for ours, theirs in renames.items():
+                if key.endswith(ours):
+                    key = key.removesuffix(ours) + theirs
+            state[key] = torch.from_numpy(param.asnumpy().copy())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(state, path)
+    return path
+
+
 def planned_outputs(result: subprocess.CompletedProcess) -> list[str]:
     """Every output file of the jobs a dry run lists."""
     outputs = []
@@ -69,8 +94,10 @@ def planned_outputs(result: subprocess.CompletedProcess) -> list[str]:
 
 @pytest.fixture(scope="module")
 def finished_workflow(tmp_path_factory):
-    workdir = copy_working_tree(tmp_path_factory.mktemp("workflow"))
-    b1 = trained_b1_in_hugging_face_layout(tmp_path_factory.mktemp("authors") / "segformer-b1-city")
+    workdir = copy_working_tree(tmp_path_factory.mktemp("workflow") / ODD / "segformer")
+    authors = tmp_path_factory.mktemp("authors") / "the authors' files" / ODD
+    authors.mkdir(parents=True)
+    b1 = trained_b1_in_hugging_face_layout(authors / "segformer-b1-city")
     (workdir / "tiny.yaml").write_text(yaml.safe_dump({**TINY, "weights": {"b1": str(b1)}}))
     result = snakemake(workdir)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
@@ -123,6 +150,43 @@ def test_changing_the_evaluation_reruns_evaluation_rendering_and_summary(finishe
     assert planned_jobs(result) == {"all": 1, "evaluate": 2, "infer": 2, "summary": 1}
 
 
+def test_a_starting_point_added_or_changed_after_a_run_replans_conversion_and_training(finished_workflow, tmp_path):
+    """b0 was trained from scratch: pretrained_dir (or another source) replans its conversion and training,
+    for `all` too; b1 (imported) is untouched. A missing source is an error naming the file, also when
+    the variant's model is on disk (Snakemake would otherwise keep it) and is not configured."""
+    backbones = imagenet_backbone_b0(tmp_path / "the authors' backbones" / ODD / "mit_b0.pth").parent
+    chain = {"all": 1, "train": 1, "evaluate": 1, "infer": 1, "export": 1, "summary": 1}
+
+    added = snakemake(finished_workflow, "-n", "all", "--config", f"pretrained_dir={backbones}")
+    assert added.returncode == 0, added.stderr[-3000:]
+    assert planned_jobs(added) == {**chain, "convert_pretrained": 1}, added.stdout[-3000:]
+    assert not [out for out in planned_outputs(added) if out.startswith("results/b1/")]
+
+    # The conversion for real, from a path with a space and a quote; then only training and what follows.
+    converted = snakemake(finished_workflow, "results/pretrained/mit_b0.ckpt", "--config", f"pretrained_dir={backbones}")
+    assert converted.returncode == 0, converted.stderr[-3000:]
+    log = (finished_workflow / "results/logs/convert_pretrained_b0.log").read_text()
+    assert "wrote results/pretrained/mit_b0.ckpt" in log, log
+    result = snakemake(finished_workflow, "-n", "all", "--config", f"pretrained_dir={backbones}")
+    assert planned_jobs(result) == chain, result.stdout[-3000:]
+
+    # Another source (an older copy: its path, not its date, makes the difference) replans the conversion.
+    other = tmp_path / "other backbones"
+    other.mkdir()
+    shutil.copy2(backbones / "mit_b0.pth", other / "mit_b0.pth")
+    for config in (f"pretrained_dir={other}", f"weights={{b0: {other / 'mit_b0.pth'}}}"):
+        result = snakemake(finished_workflow, "-n", "all", "--config", config)
+        assert planned_jobs(result) == {**chain, "convert_pretrained": 1}, (config, result.stdout[-3000:])
+
+    empty = tmp_path / "no backbones here"
+    empty.mkdir()
+    for args in (["all", "--config", f"pretrained_dir={empty}"],
+                 ["results/b0/miou.csv", "--config", f"pretrained_dir={empty}", "variants=[b1]"]):
+        result = snakemake(finished_workflow, "-n", *args)
+        assert result.returncode != 0 and f"{empty}/mit_b0.pth: no such file" in result.stderr, (args, result.stderr)
+        assert "Traceback" not in result.stderr and "Nothing to be done" not in result.stdout + result.stderr
+
+
 def test_one_target_builds_only_its_chain(finished_workflow):
     result = snakemake(finished_workflow, "-n", "results/b2/miou.csv")
     assert result.returncode == 0, result.stderr
@@ -130,8 +194,8 @@ def test_one_target_builds_only_its_chain(finished_workflow):
 
 
 def test_a_failed_job_leaves_no_output(finished_workflow, tmp_path):
-    images = tmp_path / "photos"
-    images.mkdir()
+    images = tmp_path / ODD / "photos"
+    images.mkdir(parents=True)
     (images / "broken.png").write_bytes(b"not a png")
     result = snakemake(finished_workflow, "results/b0/infer", "--forcerun", "infer",
                        "--config", f"infer={{images: {images}}}")

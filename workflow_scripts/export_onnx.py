@@ -18,12 +18,33 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import json
 import os
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+
+def _load_extras():
+    """segformer/extras.py by its path (standard library only): the package itself is not installed here."""
+    path = Path(__file__).resolve().parents[1] / "segformer" / "extras.py"
+    spec = importlib.util.spec_from_file_location("segformer_extras", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_extras = _load_extras()
+
+
+def require(module: str):
+    """A module of the ONNX environment, or ExportError: one line naming the pip install that adds it."""
+    try:
+        return _extras.require(module, "onnx")
+    except _extras.MissingExtra as e:
+        raise ExportError(str(e)) from None
 
 OUTPUT_STRIDE = 4  # SegFormer's logits are at 1/4 of the input size
 
@@ -82,8 +103,8 @@ def read_config(hf_dir: Path) -> dict:
 
 def load_model(hf_dir: Path):
     """The logits-only PyTorch module of the folder's SegformerForSemanticSegmentation, in eval mode."""
-    import torch
-    from transformers import SegformerForSemanticSegmentation
+    torch = require("torch")
+    SegformerForSemanticSegmentation = require("transformers").SegformerForSemanticSegmentation
 
     try:
         model, info = SegformerForSemanticSegmentation.from_pretrained(
@@ -110,7 +131,7 @@ def load_model(hf_dir: Path):
 
 def export(module, image, path: Path, exporter: str, opset: int) -> None:
     """Write the ONNX graph of `module` at `image`'s (static) shape to `path`, as one self-contained file."""
-    import torch
+    torch = require("torch")
 
     names = dict(input_names=["image"], output_names=["logits"], opset_version=opset)
     # The exporters report progress on stdout, which this script keeps for its JSON summary.
@@ -127,8 +148,8 @@ def export(module, image, path: Path, exporter: str, opset: int) -> None:
 
 def onnxruntime_logits(path: Path, image):
     """Check the file's structure, then run it with onnxruntime on the CPU."""
-    import onnx
-    import onnxruntime
+    onnx = require("onnx")
+    onnxruntime = require("onnxruntime")
 
     try:
         onnx.checker.check_model(str(path))
@@ -147,8 +168,11 @@ def export_and_check(args) -> dict:
     hf_dir, out = Path(args.hf_dir), Path(args.out)
     read_config(hf_dir)  # before the slow imports: a wrong folder is refused at once
 
-    import numpy as np
-    import torch
+    np = require("numpy")
+    torch = require("torch")
+    require("transformers")
+    require("onnx")
+    require("onnxruntime")
 
     timings = {}
     start = time.perf_counter()

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import mindspore as ms
@@ -85,8 +87,13 @@ def export_model(net: nn.Cell, out_path: str | os.PathLike, input_size: tuple[in
         raise ValueError(f"{out_path}: a {file_format} file must end in {FORMAT_SUFFIX[file_format]}")
     net.set_train(False)
     sample = sample_input(*input_size)
-    with atomic_path(out_path) as tmp:
-        ms.export(net, sample, file_name=str(tmp), file_format=file_format)
+    # mindspore.export refuses file names outside [0-9a-zA-Z@_-.:/\\] (a space, a quote): it writes into a
+    # folder of its own under the system's temporary directory, and the file is moved into place.
+    with atomic_path(out_path) as tmp, tempfile.TemporaryDirectory(prefix="segformer_export_") as staging:
+        staged = Path(staging) / f"graph{FORMAT_SUFFIX[file_format]}"
+        ms.export(net, sample, file_name=str(staged), file_format=file_format)
+        if staged.is_file():
+            shutil.move(staged, tmp)
         if not tmp.is_file() or tmp.stat().st_size == 0:
             raise ExportCheckFailed(f"{out_path}: mindspore.export wrote nothing")
         if file_format != "MINDIR":
