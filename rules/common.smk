@@ -21,6 +21,7 @@ from segformer.settings import (
     unknown_keys,
 )
 from segformer.settings import train_settings as segformer_train_settings
+from segformer.models.variants import VARIANTS as SEGFORMER_VARIANTS
 
 
 def config_error(message):
@@ -39,6 +40,7 @@ def validate_config(settings):
             f"unknown config key(s): {', '.join(unknown)} (see {SCHEMA_PATH} for the valid keys)"
         )
     validate(settings, schema="../schemas/config.schema.yaml")
+    fill_defaults_and_validate(settings)  # variant names against the table (the schema file has no list)
     for variant in settings["overrides"]:
         merged = segformer_train_settings(settings, variant)
         fill_defaults_and_validate({**settings, "train": merged}, f"overrides.{variant}")
@@ -84,7 +86,7 @@ def dataset_input():
     return [str(f) for f in files]
 
 
-VARIANTS = tuple(load_schema()["$defs"]["variant"]["enum"])  # b0..b5, named in one place
+VARIANTS = tuple(SEGFORMER_VARIANTS)  # b0..b5: the rows of segformer/models/variants.py
 
 
 @functools.lru_cache(maxsize=None)
@@ -105,6 +107,10 @@ def imports_trained_model(variant):
 def variant_pattern(variants):
     """A wildcard constraint matching exactly these variants (none: a pattern that never matches)."""
     return "|".join(variants) if variants else "(?!)"
+
+
+wildcard_constraints:
+    variant=variant_pattern(VARIANTS),
 
 
 def trained_here():
@@ -234,6 +240,13 @@ def export_files(variant):
                              f"device is {config['device']}")
         files["air"] = f"{RESULTS}/{variant}/segformer_{variant}.air"
     return files
+
+
+def slurm_gres():
+    """The training job's `gres` resource for Snakemake's SLURM executor (sbatch --gres, per node):
+    config `slurm_gres` as the cluster names its devices ("gpu:8", "gpu:a100:8", "npu:8"), or None
+    when it is empty (the default: the job asks SLURM for no generic resources)."""
+    return config["slurm_gres"] or None
 
 
 def npus(count=1):

@@ -17,8 +17,6 @@ rule evaluate:
         settings=inference_settings(),
         num_classes=lambda wildcards: train_settings(wildcards.variant)["num_classes"],
         device=config["device"],
-    wildcard_constraints:
-        variant="b[0-5]",
     resources:
         npu=npus(),  # one device (0 on CPU); evaluate.py takes a free one (segformer.devices)
     conda:

@@ -18,8 +18,6 @@ rule export:
         air=lambda wildcards, output: ["--air", output.air] if "air" in output.keys() else [],
         num_classes=lambda wildcards: train_settings(wildcards.variant)["num_classes"],
         device=config["device"],
-    wildcard_constraints:
-        variant="b[0-5]",
     resources:
         npu=npus(),  # one device (0 on CPU); export.py takes a free one (segformer.devices)
     conda:
@@ -41,8 +39,6 @@ rule export_hf:
         f"{RESULTS}/benchmarks/export_hf_{{variant}}.tsv"
     params:
         script=script("convert_model.py"),
-    wildcard_constraints:
-        variant="b[0-5]",
     conda:
         "../envs/convert.yaml"
     shell:
@@ -65,8 +61,6 @@ rule export_onnx:
         script=script("export_onnx.py"),
         height=config["export"]["input_size"][0],
         width=config["export"]["input_size"][1],
-    wildcard_constraints:
-        variant="b[0-5]",
     conda:
         "../envs/onnx.yaml"
     shell:

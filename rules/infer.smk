@@ -24,8 +24,6 @@ rule infer:
         limit=config["infer"]["limit"],
         num_classes=lambda wildcards: train_settings(wildcards.variant)["num_classes"],
         device=config["device"],
-    wildcard_constraints:
-        variant="b[0-5]",
     resources:
         npu=npus(),  # one device (0 on CPU); infer.py takes a free one (segformer.devices)
     conda:

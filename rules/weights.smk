@@ -12,8 +12,6 @@ rule convert_pretrained:
         f"{RESULTS}/benchmarks/convert_pretrained_{{variant}}.tsv"
     params:
         script=script("convert_model.py"),
-    wildcard_constraints:
-        variant="b[0-5]",
     conda:
         "../envs/convert.yaml"
     shell:

@@ -16,7 +16,13 @@ SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schemas" / "config.schema.y
 
 
 def load_schema() -> dict:
-    return yaml.safe_load(SCHEMA_PATH.read_text())
+    """The config schema, with the variant names of the one table (segformer/models/variants.py) as the
+    enum of `$defs.variant`: a new variant is a row there, not an edit here."""
+    from segformer.models.variants import VARIANTS
+
+    schema = yaml.safe_load(SCHEMA_PATH.read_text())
+    schema["$defs"]["variant"]["enum"] = list(VARIANTS)
+    return schema
 
 
 def unknown_keys(settings, schema: dict, where: str = "config") -> list[str]:

@@ -19,6 +19,7 @@ import pandas as pd
 
 from segformer.io import atomic_path
 from segformer.metrics import miou_csv_header, miou_csv_text
+from segformer.models.variants import VARIANTS as MODEL_VARIANTS
 
 # Published Cityscapes val mIoU in percent, one place for the whole project.
 #   paper_single_scale / paper_multi_scale: SegFormer paper, arXiv 2105.15203, Table 1(a)
@@ -33,7 +34,7 @@ PUBLISHED: Dict[str, Dict[str, float]] = {
     "b4": {"paper_single_scale": 82.3, "paper_multi_scale": 83.9, "mmsegmentation": 81.89, "model_zoo": 79.65},
     "b5": {"paper_single_scale": 82.4, "paper_multi_scale": 84.0, "mmsegmentation": 82.25, "model_zoo": 79.90},
 }
-VARIANTS = tuple(PUBLISHED)  # b0..b5, in order
+VARIANTS = tuple(MODEL_VARIANTS)  # b0..b5 in the table's order; a variant without published numbers shows dashes
 # The zoo's b0 has a second entry, trained and evaluated at 512x1024 (same README).
 MODEL_ZOO_B0_512x1024 = 70.88
 

@@ -1,11 +1,15 @@
 """The workflow's configuration: schema defaults, unknown keys, lint, configured sources, optional extras.
 Dry runs only (no jobs)."""
 
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import yaml
+
+from conftest import copy_working_tree
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
@@ -168,3 +172,25 @@ def test_the_extras_helper_names_each_install_line():
             message = str(error)
         assert message.startswith("x: segformer_no_such_module is not installed") and fix in message
         assert "\n" not in message
+
+
+def test_a_new_variant_is_one_row_in_the_variant_table(tmp_path):
+    """Add b6 to segformer/models/variants.py in a copy of the workflow, change nothing else: the config
+    accepts it, the workflow plans its whole chain, and the stage scripts take it."""
+    workdir = copy_working_tree(tmp_path / "copy")
+    table = workdir / "segformer" / "models" / "variants.py"
+    text = table.read_text()
+    assert '    "b5": MiTConfig(' in text
+    table.write_text(text.replace('\n}\n', '\n    "b6": MiTConfig(embed_dims=_NARROW, depths=(1, 1, 1, 1), decoder_dim=128),\n}\n', 1))
+    env = {**os.environ, "PYTHONPATH": str(workdir)}
+    plan = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--cores", "1", "results/b6/miou.csv",
+                           "results/b6/segformer_b6.mindir", "--config", "variants=[b6]"],
+                          cwd=workdir, capture_output=True, text=True, env=env, timeout=300)
+    assert plan.returncode == 0, plan.stdout[-3000:] + plan.stderr[-3000:]
+    for job in ("train", "evaluate", "export"):
+        assert re.search(rf"rule {job}:\n(.*\n)*?\s+wildcards: variant=b6", plan.stdout), job
+    # the stage scripts accept it (they fail later, on the missing checkpoint, not on the name)
+    run = subprocess.run([sys.executable, "workflow_scripts/export.py", "--variant", "b6", "--ckpt", "missing.ckpt",
+                          "--out", "x.mindir", "--height", "64", "--width", "64"],
+                         cwd=workdir, capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 1 and "invalid choice" not in run.stderr and "missing.ckpt" in run.stderr, run.stderr[-2000:]

@@ -20,13 +20,15 @@ import logging
 import sys
 import time
 
+from segformer.models.variants import VARIANTS
+
 log = logging.getLogger("evaluate")
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     model = parser.add_argument_group("evaluate a model")
-    model.add_argument("--variant", choices=[f"b{i}" for i in range(6)])
+    model.add_argument("--variant", choices=list(VARIANTS))
     model.add_argument("--ckpt", "--eval_ckpt_path", dest="ckpt",
                        help="MindSpore checkpoint of the whole model (--eval_ckpt_path: the seed's name)")
     model.add_argument("--config_path", action="append", default=[],

@@ -17,12 +17,14 @@ import logging
 import sys
 import time
 
+from segformer.models.variants import VARIANTS
+
 log = logging.getLogger("export")
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--variant", required=True, choices=[f"b{i}" for i in range(6)])
+    parser.add_argument("--variant", required=True, choices=list(VARIANTS))
     parser.add_argument("--ckpt", "--ckpt_file", dest="ckpt", required=True,
                         help="MindSpore checkpoint of the whole model (--ckpt_file: the seed's name)")
     parser.add_argument("--out", required=True, help="the .mindir file to write")

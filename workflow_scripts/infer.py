@@ -21,12 +21,14 @@ import logging
 import sys
 import time
 
+from segformer.models.variants import VARIANTS
+
 log = logging.getLogger("infer")
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--variant", required=True, choices=[f"b{i}" for i in range(6)])
+    parser.add_argument("--variant", required=True, choices=list(VARIANTS))
     parser.add_argument("--ckpt", required=True, help="MindSpore checkpoint of the whole model")
     parser.add_argument("--images", required=True, help="an image, a split list or a folder of images")
     parser.add_argument("--out_dir", required=True)

@@ -15,12 +15,13 @@ from pathlib import Path
 
 from segformer.engine.train import TrainingDiverged, train
 from segformer.logs import configure_logging
+from segformer.models.variants import VARIANTS
 from segformer.settings import deep_merge, fill_defaults_and_validate, load_config, train_settings
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--variant", required=True, choices=[f"b{i}" for i in range(6)])
+    parser.add_argument("--variant", required=True, choices=list(VARIANTS))
     parser.add_argument("--config_path", action="append", default=[],
                         help="workflow config YAML (repeatable; later files win); its `train` section "
                              "and overrides.<variant>.train give the settings")
