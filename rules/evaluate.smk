@@ -22,6 +22,6 @@ rule evaluate:
     conda:
         "../envs/segformer.yaml"
     shell:
-        "python {params.script:q} --variant {wildcards.variant} --eval_ckpt_path {input.ckpt:q}"
+        "python {params.script:q} --variant {wildcards.variant} --ckpt {input.ckpt:q}"
         " --data_path {input.val_list:q} --out {output.miou:q} --settings {params.settings:q}"
         " --num_classes {params.num_classes} --device {params.device} > {log:q} 2>&1"

@@ -23,7 +23,7 @@ rule export:
     conda:
         "../envs/segformer.yaml"
     shell:
-        "python {params.script:q} --variant {wildcards.variant} --ckpt_file {input.ckpt:q}"
+        "python {params.script:q} --variant {wildcards.variant} --ckpt {input.ckpt:q}"
         " --out {output.mindir:q} {params.air:q} --height {params.height} --width {params.width}"
         " --num_classes {params.num_classes} --device {params.device} > {log:q} 2>&1"
 
@@ -42,7 +42,7 @@ rule export_hf:
     conda:
         "../envs/convert.yaml"
     shell:
-        "python {params.script:q} --pt_model_path {input.ckpt:q} --ms_model_path {output.folder:q}"
+        "python {params.script:q} --src {input.ckpt:q} --dst {output.folder:q}"
         " --variant {wildcards.variant} --to hf > {log:q} 2>&1"
 
 

@@ -38,6 +38,12 @@ rule train:
         nodes=config["nodes"],
         tasks=config["nodes"],  # one launcher per node; each starts its node's msrun workers
         npu=npus(config["devices"]),  # devices per node (0 on CPU); the launcher or train.py takes free ones
+        # SLURM: the generic resources per node (sbatch --gres, config `slurm_gres`; none by default)...
+        gres=slurm_gres(),
+        tasks_per_gpu=0,  # ...and no --ntasks-per-gpu when they are GPUs: one launcher per node
+        # Several nodes: Snakemake's job runs in the batch script, not in a one-task srun step that
+        # would hold node 1's CPUs and hand its SLURM_NTASKS=1 to the per-node srun (plugin's MPI path).
+        mpi="srun" if config["nodes"] > 1 else None,
     conda:
         "../envs/segformer.yaml"
     shell:
@@ -67,5 +73,5 @@ rule import_trained:
     conda:
         "../envs/convert.yaml"
     shell:
-        "python {params.script:q} --pt_model_path {input.source:q} --ms_model_path {output.ckpt:q}"
+        "python {params.script:q} --src {input.source:q} --dst {output.ckpt:q}"
         " --variant {wildcards.variant} --num_classes {params.num_classes} > {log:q} 2>&1"

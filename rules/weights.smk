@@ -15,5 +15,5 @@ rule convert_pretrained:
     conda:
         "../envs/convert.yaml"
     shell:
-        "python {params.script:q} --pt_model_path {input.source:q}"
-        " --ms_model_path {output.ckpt:q} --variant {wildcards.variant} > {log:q} 2>&1"
+        "python {params.script:q} --src {input.source:q}"
+        " --dst {output.ckpt:q} --variant {wildcards.variant} > {log:q} 2>&1"
