@@ -202,6 +202,15 @@ def inference_settings():
     return json.dumps(config["evaluate"], sort_keys=True)
 
 
+def validation_flag(variant):
+    """train.py's --validation: the `evaluate` section, with which the periodic validation during training
+    runs (as the official configs validate with their test settings). Only when that validation is on,
+    so that a change of `evaluate` retrains nothing otherwise."""
+    if not train_settings(variant)["eval_interval"]:
+        return ""
+    return f"--validation {shlex.quote(inference_settings())}"
+
+
 def evaluation_description():
     return InferenceSettings.from_config(config["evaluate"]).describe()
 

@@ -25,6 +25,7 @@ rule train:
         per_node=lambda wildcards: per_node_prefix(),
         settings=lambda wildcards: json.dumps(train_settings(wildcards.variant), sort_keys=True),
         pretrained=pretrained_flag,  # shell-quoted in common.smk
+        validation=lambda wildcards: validation_flag(wildcards.variant),  # shell-quoted in common.smk
         devices=config["devices"],
         nodes=config["nodes"],
         device=config["device"],
@@ -50,7 +51,7 @@ rule train:
         "{params.per_node}python {params.launcher:q} --devices {params.devices} --nodes {params.nodes}"
         " --log_dir {params.msrun_dir:q} --"
         " --variant {wildcards.variant} --settings {params.settings:q}"
-        " --train_list {input.train_list:q} --val_list {input.val_list:q} {params.pretrained}"
+        " --train_list {input.train_list:q} --val_list {input.val_list:q} {params.pretrained} {params.validation}"
         " --ckpt {output.ckpt:q} --log_csv {output.train_log:q} --curve {output.curve:q}"
         " --state_dir {params.state_dir:q} --device {params.device} --precision {params.precision}"
         " > {log:q} 2>&1"

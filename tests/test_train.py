@@ -53,6 +53,8 @@ def test_training_writes_model_log_and_curve_and_loss_falls(trained_b0):
     assert all(name.startswith(("backbone.", "decode_head.")) for name in names), "evaluation renamed parameters"
     assert set(weights(trained_b0 / "best_model.ckpt")) == names
     assert log["val_mIoU"].notna().sum() == 2, "evaluated at iterations 6 and 12"
+    validation_lines = [line for line in (trained_b0 / "train.log").read_text().splitlines() if "val mIoU" in line]
+    assert len(validation_lines) == 2 and all("slide 64x64 stride 48x48" in line for line in validation_lines)
     assert not any(name.startswith("adamw_") for name in names), "model.ckpt holds weights only"
 
 

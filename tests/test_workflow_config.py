@@ -76,6 +76,36 @@ def test_cityscapes_preset_is_the_official_recipe():
     assert train["loss"] == {"ignore_index": 255, "avg_non_ignore": False, "loss_weight": 1.0}
     assert train["model"] == {"drop_path_rate": 0.1, "head_dropout": 0.1}
     assert config["precision"] == "fp32"
+    assert (train["eval_interval"], train["checkpoint_interval"]) == (4000, 4000)
+    assert config["evaluate"] == {"mode": "slide", "scale": [2048, 1024], "crop_size": [1024, 1024],
+                                  "stride": [768, 768], "ratios": [1.0], "flip": False}
+
+
+def test_512x1024_preset_is_the_official_b0_512x1024_recipe():
+    """NVlabs segformer.b0.512x1024.city.160k.py: Resize img_scale (1024, 512) ratio 0.5-2.0, crop (512, 1024);
+    test: whole image, keep-ratio Resize to (1024, 512), logits back at full size; the rest as 1024x1024."""
+    from segformer.settings import load_config
+
+    base = load_config([ROOT / "config.yaml", ROOT / "configs/cityscapes.yaml"])
+    config = load_config([ROOT / "config.yaml", ROOT / "configs/cityscapes.yaml",
+                          ROOT / "configs/cityscapes_b0_512x1024.yaml"])
+    assert config["variants"] == ["b0"]
+    assert (config["train"]["crop_size"], config["train"]["base_scale"]) == ([512, 1024], [1024, 512])
+    assert config["train"]["ratio_range"] == [0.5, 2.0]
+    assert config["evaluate"] == {**base["evaluate"], "mode": "whole", "scale": [1024, 512]}
+    different = {key for key in base["train"] if base["train"][key] != config["train"][key]}
+    assert different == {"crop_size", "base_scale"}
+
+
+def test_training_validates_with_the_test_settings_only_when_it_validates():
+    slide = snakemake("-n", "-p", "--forceall", "results/b0/model.ckpt", "--config",
+                      "train={eval_interval: 4000}", "evaluate={mode: slide, crop_size: [64, 64], stride: [48, 48]}")
+    assert slide.returncode == 0, slide.stdout + slide.stderr
+    command = next(line for line in slide.stdout.splitlines() if "launch_train.py" in line)
+    assert "--validation" in command and '"mode": "slide"' in command
+    off = snakemake("-n", "-p", "--forceall", "results/b0/model.ckpt")
+    command = next(line for line in off.stdout.splitlines() if "launch_train.py" in line)
+    assert "--validation" not in command
 
 
 def test_one_variant_override_changes_only_that_variant():

@@ -28,6 +28,9 @@ def parse_args(argv=None):
     parser.add_argument("--settings", default="{}", help="JSON merged over the config's train settings")
     parser.add_argument("--train_list", required=True)
     parser.add_argument("--val_list", default=None, help="for the optional evaluation every eval_interval")
+    parser.add_argument("--validation", default=None,
+                        help="JSON: test-time settings of that evaluation (the config's `evaluate` section; "
+                             "default: whole image, single scale)")
     parser.add_argument("--pretrained", default=None, help="converted checkpoint to start from (none: scratch)")
     parser.add_argument("--out_dir", default=None, help="writes model.ckpt, train_log.csv, train_curve.png there")
     parser.add_argument("--ckpt", default=None)
@@ -47,8 +50,9 @@ def main(argv=None) -> int:
     configure_logging()
     try:
         settings_override = json.loads(args.settings)
+        validation = json.loads(args.validation) if args.validation else None
     except json.JSONDecodeError as error:
-        print(f"error: --settings is not valid JSON: {error}", file=sys.stderr)
+        print(f"error: --settings or --validation is not valid JSON: {error}", file=sys.stderr)
         return 2
     config = load_config(args.config_path)
     settings = deep_merge(train_settings(config, args.variant), settings_override)
@@ -56,7 +60,7 @@ def main(argv=None) -> int:
     out_dir = Path(args.out_dir) if args.out_dir else Path(args.ckpt).parent
     try:
         train(settings, variant=args.variant, train_list=args.train_list, val_list=args.val_list,
-              pretrained=args.pretrained, out_ckpt=args.ckpt or str(out_dir / "model.ckpt"),
+              pretrained=args.pretrained, validation=validation, out_ckpt=args.ckpt or str(out_dir / "model.ckpt"),
               out_log=args.log_csv or str(out_dir / "train_log.csv"),
               out_curve=args.curve or (str(out_dir / "train_curve.png") if args.out_dir else None),
               state_dir=args.state_dir or str(out_dir / "train_state"),

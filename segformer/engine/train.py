@@ -165,8 +165,11 @@ def format_eta(seconds: float) -> str:
 
 def train(settings: dict, *, variant: str, train_list: str, val_list: str | None, pretrained: str | None,
           out_ckpt: str, out_log: str, out_curve: str | None, state_dir: str, device: str = "CPU",
-          precision: str = "fp32") -> dict:
+          precision: str = "fp32", validation: dict | None = None) -> dict:
     """Train SegFormer-`variant`; write out_ckpt (weights only), out_log (CSV) and out_curve (PNG).
+
+    Every `eval_interval` iterations the val split is scored with the test-time settings `validation`
+    (an `evaluate` section; default whole image), as the official configs validate every 4000.
 
     Returns a summary dict (iterations, wall time, last loss, best val mIoU if evaluated).
     """
@@ -242,7 +245,7 @@ def train(settings: dict, *, variant: str, train_list: str, val_list: str | None
     mask_layout = net.mask_layout
 
     best = {"mIoU": -1.0, "iteration": None}
-    validation = _validation(net, val_list) if settings["eval_interval"] and val_list else None
+    validator = _validation(net, val_list, validation) if settings["eval_interval"] and val_list else None
     log_interval = max(1, int(settings["log_interval"]))
     started = time.perf_counter()
     window_start, window_steps = started, 0
@@ -280,8 +283,8 @@ def train(settings: dict, *, variant: str, train_list: str, val_list: str | None
         done = iteration + 1
         window_steps += 1
         val_miou = None
-        if validation and done % int(settings["eval_interval"]) == 0:
-            val_miou = _evaluate_and_keep_best(validation, settings, done, best, out_ckpt, dist)
+        if validator and done % int(settings["eval_interval"]) == 0:
+            val_miou = _evaluate_and_keep_best(validator, settings, done, best, out_ckpt, dist)
         if done % log_interval == 0 or done == iterations or val_miou is not None:
             now = time.perf_counter()
             mean_step = (now - window_start) / window_steps
@@ -345,12 +348,13 @@ def _stamped_hash(state: StateDir) -> str | None:
         return None
 
 
-def _validation(net, val_list):
-    """(segmenter, val pairs) for the periodic whole-image validation (one compiled forward, reused)."""
+def _validation(net, val_list, settings: dict | None):
+    """(segmenter, val pairs) for the periodic validation (one compiled forward, reused)."""
     from segformer.data.cityscapes import read_split_list
     from segformer.engine.inference import Segmenter
+    from segformer.engine.inference_settings import InferenceSettings
 
-    return Segmenter(net), read_split_list(val_list)
+    return Segmenter(net, InferenceSettings.from_config(settings)), read_split_list(val_list)
 
 
 def _evaluate_and_keep_best(validation, settings, iteration, best, out_ckpt, dist) -> float:
@@ -360,7 +364,7 @@ def _evaluate_and_keep_best(validation, settings, iteration, best, out_ckpt, dis
     net = segmenter.net
     matrix = evaluate_model(segmenter, pairs, num_classes=settings["num_classes"])
     miou = float(matrix.metrics()["mIoU"])
-    log.info("iteration %d: val mIoU %.4f", iteration, miou)
+    log.info("iteration %d: val mIoU %.4f (%s)", iteration, miou, segmenter.settings.describe())
     if miou > best["mIoU"]:
         best.update(mIoU=miou, iteration=iteration)
         if dist.is_main:
