@@ -36,25 +36,12 @@ import numpy as np
 import mindspore as ms
 from mindspore import Parameter, ParameterTuple, Tensor, nn, ops
 
-# The official run's paramwise_cfg (NVlabs local_configs/segformer/B*/*.city.160k.py), in its order:
-#   custom_keys={'pos_block': dict(decay_mult=0.), 'norm': dict(decay_mult=0.), 'head': dict(lr_mult=10.)}
-# mmcv 1.x DefaultOptimizerConstructor.add_params matches a parameter against
-#   sorted(sorted(custom_keys), key=len, reverse=True)
-# i.e. longest key first, ties in alphabetical order ('head' before 'norm'), and the first key that is
-# a substring of the parameter's full name decides lr_mult and decay_mult (missing ones default to 1).
-# Unmatched parameters keep base lr and base decay: the recipe sets no bias_decay_mult or
-# norm_decay_mult, so backbone biases decay.
-#
-# Why the same rule on MindSpore names gives the same grouping as on PyTorch names: the names keep the
-# module path (backbone.*, decode_head.*) and only rename norm parameters (weight/bias -> gamma/beta,
-# running_* -> moving_*), so a name contains 'head' or 'norm' exactly when its PyTorch twin does.
-# In particular the head's BatchNorm, decode_head.linear_fuse.bn.{weight,bias} in PyTorch and
-# decode_head.linear_fuse.bn.{gamma,beta} here, contains 'head' and not 'norm': lr x10 WITH decay
-# (0.01, and 10x lr makes its decoupled decay 10x as well), as in the official run. No SegFormer name
-# contains both 'head' and 'norm', so the tie order does not change anything for this model; it is
-# still reproduced so that other names group as mmcv would group them. 'pos_block' matches nothing
-# in MiT (it comes from PVTv2) and is kept only to mirror the official config.
-# BatchNorm moving statistics are not trainable (requires_grad False) and never enter the optimizer.
+# The official paramwise_cfg (NVlabs configs), in its order: custom_keys={'pos_block': decay_mult 0,
+# 'norm': decay_mult 0, 'head': lr_mult 10}. mmcv 1.x takes the first key (longest first, ties
+# alphabetical) that is a substring of a parameter's name; unmatched parameters (biases included) keep
+# base lr and decay. MindSpore names keep the module paths and only rename norm parameters, so a name
+# contains 'head' or 'norm' exactly when its PyTorch twin does: the head's BatchNorm
+# (decode_head.linear_fuse.bn.gamma/beta) gets lr x10 WITH decay, as in the official run.
 
 
 def default_custom_keys(head_lr_mult: float = 10.0, norm_decay_mult: float = 0.0) -> Dict[str, Dict[str, float]]:

@@ -1,15 +1,10 @@
 """Building blocks of the MiT backbone and its head: convolutions with a choice of formulation, channels-first
 linear products, and the official initialisers.
 
-Why two formulations: on CPU MindSpore hands oneDNN plain NCHW tensors and gets its generic, slow conv
-kernels (b0 at 512x1024: the 7x7/s4 patch embedding ~265 ms, an 8x8/s8 reduction ~41 ms, a stage-1 3x3
-depthwise conv several hundred ms), and explicit transposes between tokens [B, N, C] and maps [B, C, N]
-cost more than the matrix products around them. "matmul" (CPU) computes the same convolutions as exact
-matrix products (im2col + matmul, reshape-into-patches + matmul) and lets BatchMatMul read operands
-transposed instead of transposing tensors. "conv" (Ascend/GPU, where the conv kernels are the fast path)
-follows the official code literally. Either way the parameters are the conv-shaped `weight`
-[out, in / groups, k, k] plus `bias` [out] and the Linear [out, in] weights, so one checkpoint serves both.
-The formulation is chosen in one place, `resolve_formulation`; build_model passes it down.
+Two formulations of the same function, chosen in one place (`resolve_formulation`): "conv" (Ascend/GPU)
+follows the official code literally; "matmul" (CPU, where MindSpore's NCHW conv kernels are slow) computes
+the convolutions as exact matrix products and lets BatchMatMul read operands transposed instead of
+transposing tensors. The parameters are the same conv-shaped weights either way: one checkpoint serves both.
 """
 
 import math
