@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from segformer.data.cityscapes import IMAGE_SUFFIX, POLYGONS_SUFFIX
-from segformer.data.demo import FEATURED_CLASSES, scene_objects
+from segformer.demo import FEATURED_CLASSES, scene_objects
 from segformer.io import write_json, write_png
 
 REPO = Path(__file__).resolve().parents[1]

@@ -163,7 +163,7 @@ def update_difference(start: Path, a: Path, b: Path) -> tuple[float, float]:
 
 def tiny_train_list(work_dir: Path) -> Path:
     from segformer.convert.labels import convert_dataset, split_pairs, write_split_lists
-    from segformer.data.demo import generate_demo
+    from segformer.demo import generate_demo
 
     root, data = work_dir / "cityscapes", work_dir / "data"
     generate_demo(root, seed=0, width=128, height=64, train_images=8, val_images=4)

@@ -64,7 +64,7 @@ def pynative_cpu():
 def tiny_dataset(tmp_path_factory):
     """A tiny demo dataset with its train-id labels and split lists: {'root', 'data', 'train', 'val'}."""
     from segformer.convert.labels import convert_dataset, split_pairs, write_split_lists
-    from segformer.data.demo import generate_demo
+    from segformer.demo import generate_demo
 
     base = tmp_path_factory.mktemp("tiny")
     root = base / "cityscapes"

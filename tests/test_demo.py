@@ -16,9 +16,8 @@ from cityscapesscripts.helpers.labels import name2label
 from cityscapesscripts.preparation.json2instanceImg import createInstanceImage
 from cityscapesscripts.preparation.json2labelImg import createLabelImage
 
-import segformer.data.demo as demo
 from segformer.convert.labels import json_to_train_ids
-from segformer.data.demo import MANIFEST_NAME, generate_demo
+from segformer.demo import DEFAULT_CITIES, MANIFEST_NAME, base_label, generate_demo, writer
 from segformer.io import read_image_rgb, read_label
 
 REPO = Path(__file__).resolve().parents[1]
@@ -67,7 +66,7 @@ def test_layout_and_naming(demo_root):
         by_frame.setdefault((match["split"], frame), set()).add(match["suffix"])
     assert all(len(suffixes) == 4 for suffixes in by_frame.values())
     assert [sum(split == s for split, _ in by_frame) for s in ("train", "val")] == [counts["train"], counts["val"]]
-    assert {p.name for p in (root / "leftImg8bit" / "val").iterdir()} == set(demo.DEFAULT_CITIES["val"])
+    assert {p.name for p in (root / "leftImg8bit" / "val").iterdir()} == set(DEFAULT_CITIES["val"])
 
 
 def test_sizes_are_consistent(demo_root):
@@ -119,7 +118,7 @@ def test_json_uses_groups_void_labels_plates_and_deletions(demo_root):
     assert {"ego vehicle", "license plate"} <= labels
     assert labels & {"static", "dynamic", "polegroup", "ground", "parking", "rail track", "guard rail"}
     assert deleted > 0
-    assert all(demo.base_label(name) in name2label for name in labels)
+    assert all(base_label(name) in name2label for name in labels)
 
 
 def test_images_are_textured_and_follow_the_labels(demo_root):
@@ -161,7 +160,7 @@ def test_refuses_a_non_empty_destination_unless_forced(tmp_path):
 
 def test_a_failed_run_leaves_nothing(tmp_path, monkeypatch):
     calls = []
-    real = demo.make_frame
+    real = writer.make_frame
 
     def failing(*args, **kwargs):
         calls.append(1)
@@ -169,7 +168,7 @@ def test_a_failed_run_leaves_nothing(tmp_path, monkeypatch):
             raise RuntimeError("killed")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(demo, "make_frame", failing)
+    monkeypatch.setattr(writer, "make_frame", failing)
     with pytest.raises(RuntimeError, match="killed"):
         generate_demo(tmp_path / "root", width=64, height=32, train_images=4, val_images=4)
     assert list(tmp_path.iterdir()) == []

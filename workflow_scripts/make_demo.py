@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from segformer.data.demo import generate_demo
+from segformer.demo import generate_demo
 from segformer.logs import configure_logging
 
 log = logging.getLogger("make_demo")

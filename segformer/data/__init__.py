@@ -1,1 +1,1 @@
-"""Cityscapes file discovery, augmentations, the MindSpore dataset pipeline and the demo generator."""
+"""Cityscapes file discovery, augmentations and the MindSpore dataset pipeline."""
