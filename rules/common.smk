@@ -189,12 +189,19 @@ def train_settings(variant):
     return segformer_train_settings(config, variant)
 
 
+def train_threads():
+    """CPU threads of a training job on each node: two per device (the worker and its data loading)."""
+    return max(1, config["devices"]) * 2
+
+
 def per_node_prefix():
     """Several nodes: srun starts one launcher per node of the SLURM job (which reads its node rank
-    and the master address from SLURM); one node: the launcher runs directly."""
+    and the master address from SLURM), with the node's CPUs (a cgroup-confined step would otherwise
+    get one); one node: the launcher runs directly."""
     if config["nodes"] == 1:
         return ""
-    return f"srun --nodes={config['nodes']} --ntasks-per-node=1 --kill-on-bad-exit=1 "
+    return (f"srun --nodes={config['nodes']} --ntasks-per-node=1 --cpus-per-task={train_threads()}"
+            " --kill-on-bad-exit=1 ")
 
 
 def inference_settings():

@@ -34,7 +34,7 @@ rule train:
         msrun_dir=lambda wildcards, output: Path(output.ckpt).with_name("msrun"),
     wildcard_constraints:
         variant=trained_here(),
-    threads: max(1, config["devices"]) * 2
+    threads: train_threads()
     resources:
         nodes=config["nodes"],
         tasks=config["nodes"],  # one launcher per node; each starts its node's msrun workers

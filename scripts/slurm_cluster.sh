@@ -7,6 +7,8 @@
 #   scripts/slurm_cluster.sh stop     kill exactly the daemons that `start` recorded
 #   scripts/slurm_cluster.sh status   print the node state; exit 0 only when the cluster answers
 #   scripts/slurm_cluster.sh env      print `export SLURM_CONF=...` (eval it to use sinfo, sbatch...)
+#   scripts/slurm_cluster.sh --nodes 2 start|stop|status|env
+#                                     the same with two nodes (see "Two nodes" below)
 #
 # Everything lives under $SLURM_TEST_DIR (default /tmp/segformer-slurm): configuration, munge key
 # and socket, state, spool, logs, PIDs; the daemons listen on 127.0.0.1 only. The one thing outside
@@ -18,10 +20,47 @@
 # There is no slurmdbd, so `sacct` fails: profiles/slurm-test makes the Snakemake plugin poll with
 # squeue, which sees finished jobs for MinJobAge (set to 600 s below). Needs root (daemons running
 # as root, jobs of any user) and, if the packages are missing, apt-get. No systemd is needed.
+#
+# Two nodes (--nodes 2, or SLURM_TEST_NODES=2; state in /tmp/segformer-slurm-2n by default): the
+# Debian build has no multiple-slurmd support, and msrun needs the two nodes to have different
+# addresses anyway (it starts its scheduler on the node that owns --master_addr), so each node lives
+# in a network namespace of its own, joined by veth pairs:
+#
+#   host 10.78.1.254 <-veth-> 10.78.1.1 [namespace segformer-slurm-n1: slurmctld, slurmd segformer-n1]
+#                              10.78.0.1 <-veth-> 10.78.0.2 [namespace segformer-slurm-n2: slurmd segformer-n2]
+#
+# Job steps run inside their node's namespace (slurmd's children inherit it); the file system, the
+# munge socket (munged stays on the host) and the configuration are shared. Inside the namespaces the
+# daemons listen on every address, which are only those of the pairs: slurmctld binds the address of
+# the machine's host name with NoCtldInAddrAny (127.0.0.1 here), which node 2 could not reach. Clients
+# on the host reach slurmctld at 10.78.1.1. The node names resolve through two lines added to
+# /etc/hosts (marked "segformer-slurm-2n", written in place; removed by `stop`), as msrun needs for
+# the master address. `stop` also removes the namespaces and the pairs, and a failed `start` undoes
+# what it did. SLURM_TEST_SUBNET (default 10.78, a /16 of which two /24 are used) moves the pairs
+# elsewhere; scripts/multinode_msrun.py uses 10.77.0.
 set -euo pipefail
 export PATH="$PATH:/usr/sbin:/sbin"   # the daemons live in sbin, often missing from a user's PATH
 
-DIR="${SLURM_TEST_DIR:-/tmp/segformer-slurm}"
+NODES="${SLURM_TEST_NODES:-1}"
+if [[ "${1:-}" == --nodes ]]; then NODES="${2:-}"; shift 2 || true; fi
+[[ "$NODES" == 1 || "$NODES" == 2 ]] || { echo "slurm_cluster.sh: --nodes must be 1 or 2 (got '$NODES')" >&2; exit 1; }
+if [[ "$NODES" == 1 ]]; then
+    DIR="${SLURM_TEST_DIR:-/tmp/segformer-slurm}"
+    NODE_NAMES=(localhost)
+    DAEMONS=(slurmd slurmctld munged)   # stop order; start order is the reverse
+else
+    DIR="${SLURM_TEST_DIR:-/tmp/segformer-slurm-2n}"
+    NODE_NAMES=(segformer-n1 segformer-n2)
+    DAEMONS=(slurmd-segformer-n2 slurmd-segformer-n1 slurmctld munged)
+    SUBNET="${SLURM_TEST_SUBNET:-10.78}"
+    NODE_ADDRS=("$SUBNET.0.1" "$SUBNET.0.2")
+    NETNS=(segformer-slurm-n1 segformer-slurm-n2)
+    CTLD_ADDR="$SUBNET.1.1"   # node 1's end of the pair to the host
+    HOST_ADDR="$SUBNET.1.254"
+    HOST_IF=sgslurm-h   # pair host <-> node 1; the other end, sgslurm-c, in node 1's namespace
+    NODE_IFS=(sgslurm-a sgslurm-b)   # pair node 1 <-> node 2
+    HOSTS_MARK="# segformer-slurm-2n"
+fi
 CTLD_PORT="${SLURM_TEST_CTLD_PORT:-16817}"   # away from the usual 6817/6818 of a real cluster
 SLURMD_PORT="${SLURM_TEST_SLURMD_PORT:-16818}"
 CONF="$DIR/slurm.conf"
@@ -29,7 +68,6 @@ DEFAULT_CONF=/etc/slurm/slurm.conf
 MUNGE_SOCKET="$DIR/munge/munge.socket.2"
 PACKAGES=(slurmctld slurmd slurm-client munge)
 NEEDED_COMMANDS=(munged mungekey slurmctld slurmd sinfo squeue sbatch scontrol)
-DAEMONS=(slurmd slurmctld munged)   # stop order; start order is the reverse
 START_TIMEOUT_S=30
 
 die() { echo "slurm_cluster.sh: $*" >&2; exit 1; }
@@ -79,25 +117,43 @@ write_config() {
     def_mem=$(( mem / cpus < 1024 ? mem / cpus : 1024 ))
     mkdir -p "$DIR"/{state,spool,log,pids,munge}
     chmod 700 "$DIR/munge"
+    local ctld_addr=127.0.0.1 spool="$DIR/spool" slurmd_pid="$DIR/pids/slurmd.daemon.pid"
+    local slurmd_log="$DIR/log/slurmd.log" nodes_conf partition_nodes
+    local listen="# Loopback only: without these the daemons listen on every address.
+CommunicationParameters=NoInAddrAny,NoCtldInAddrAny"
+    if [[ "$NODES" == 1 ]]; then
+        nodes_conf="NodeName=localhost NodeAddr=127.0.0.1 NodeHostname=localhost CPUs=$cpus RealMemory=$mem State=UNKNOWN"
+        partition_nodes=localhost
+    else
+        # Each node offers half of the machine's memory; both offer all of its CPUs (at least 2).
+        mem=$(( mem / 2 ))
+        def_mem=$(( mem / cpus < 1024 ? mem / cpus : 1024 ))
+        ctld_addr="$CTLD_ADDR"
+        listen="# Every address of a node's network namespace: those of its veth pairs and its own loopback."
+        spool="$DIR/spool/%n" slurmd_pid="$DIR/pids/slurmd-%n.daemon.pid" slurmd_log="$DIR/log/slurmd-%n.log"
+        nodes_conf="NodeName=${NODE_NAMES[0]} NodeAddr=${NODE_ADDRS[0]} NodeHostname=${NODE_NAMES[0]} CPUs=$cpus RealMemory=$mem State=UNKNOWN
+NodeName=${NODE_NAMES[1]} NodeAddr=${NODE_ADDRS[1]} NodeHostname=${NODE_NAMES[1]} CPUs=$cpus RealMemory=$mem State=UNKNOWN"
+        partition_nodes="$(IFS=,; echo "${NODE_NAMES[*]}")"
+    fi
     cat >"$CONF.tmp" <<EOF
-# Single-node test cluster written by scripts/slurm_cluster.sh; rewritten on every start.
+# $NODES-node test cluster written by scripts/slurm_cluster.sh; rewritten on every start.
 ClusterName=segformer-test
-SlurmctldHost=localhost(127.0.0.1)
+# The name must be localhost (slurmctld checks it against this host), the address is where it listens.
+SlurmctldHost=localhost($ctld_addr)
 SlurmctldPort=$CTLD_PORT
 SlurmdPort=$SLURMD_PORT
-# Loopback only: without these the daemons listen on every address.
-CommunicationParameters=NoInAddrAny,NoCtldInAddrAny
+$listen
 AuthType=auth/munge
 CredType=cred/munge
 AuthInfo=socket=$MUNGE_SOCKET
 SlurmUser=root
 SlurmdUser=root
 StateSaveLocation=$DIR/state
-SlurmdSpoolDir=$DIR/spool
+SlurmdSpoolDir=$spool
 SlurmctldPidFile=$DIR/pids/slurmctld.daemon.pid
-SlurmdPidFile=$DIR/pids/slurmd.daemon.pid
+SlurmdPidFile=$slurmd_pid
 SlurmctldLogFile=$DIR/log/slurmctld.log
-SlurmdLogFile=$DIR/log/slurmd.log
+SlurmdLogFile=$slurmd_log
 SlurmctldDebug=info
 SlurmdDebug=info
 # No cgroups in containers: track processes through /proc, bind no tasks.
@@ -123,8 +179,8 @@ InactiveLimit=0
 KillWait=5
 # The node is whatever this file says, whatever the hardware detection finds.
 SlurmdParameters=config_overrides
-NodeName=localhost NodeAddr=127.0.0.1 NodeHostname=localhost CPUs=$cpus RealMemory=$mem State=UNKNOWN
-PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO
+$nodes_conf
+PartitionName=debug Nodes=$partition_nodes Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO
 EOF
     mv "$CONF.tmp" "$CONF"
 }
@@ -159,10 +215,17 @@ daemon_alive() {
     local pid
     pid="$(pid_of "$1")"
     [[ -n "$pid" && -r "/proc/$pid/cmdline" ]] || return 1
-    [[ "$(basename "$(tr '\0' '\n' <"/proc/$pid/cmdline" | head -1)")" == "$1" ]]
+    [[ "$(basename "$(tr '\0' '\n' <"/proc/$pid/cmdline" 2>/dev/null | head -1)")" == "${1%%-*}" ]]
 }
 
-node_state() { SLURM_CONF="$CONF" timeout 10 sinfo -h -N -n localhost -o %T 2>/dev/null | head -1 || true; }
+node_state() {   # the state of node $1 (default: the first)
+    SLURM_CONF="$CONF" timeout 10 sinfo -h -N -n "${1:-${NODE_NAMES[0]}}" -o %T 2>/dev/null | head -1 || true
+}
+
+all_nodes_in() {   # true when every node's state matches the regular expression $1
+    local node
+    for node in "${NODE_NAMES[@]}"; do [[ "$(node_state "$node")" =~ $1 ]] || return 1; done
+}
 
 # Start a daemon in the foreground of its own session, so that its PID is known exactly.
 spawn() {
@@ -193,31 +256,110 @@ start_munged() {
         || die "munged did not create $MUNGE_SOCKET; see $DIR/log/munged.log"
 }
 
+all_daemons_alive() {
+    local name
+    for name in "${DAEMONS[@]}"; do daemon_alive "$name" || return 1; done
+}
+
+# ---- two nodes: the namespace of node 2, the veth pair, the /etc/hosts lines ----
+
+# /etc/hosts is rewritten in place (it may be a bind mount that a rename would not replace).
+remove_hosts_lines() {
+    [[ -n "${HOSTS_MARK:-}" && -f /etc/hosts ]] || return 0
+    grep -qF -- "$HOSTS_MARK" /etc/hosts || return 0
+    local kept
+    kept="$(grep -vF -- "$HOSTS_MARK" /etc/hosts || true)"
+    printf '%s\n' "$kept" >/etc/hosts
+}
+
+add_hosts_lines() {
+    remove_hosts_lines
+    local i
+    for i in 0 1; do
+        printf '%s %s  %s %s\n' "${NODE_ADDRS[$i]}" "${NODE_NAMES[$i]}" "$HOSTS_MARK" "$DIR" >>/etc/hosts
+    done
+}
+
+remove_network() {
+    ip link del "$HOST_IF" >/dev/null 2>&1 || true   # deletes both ends of the pair
+    local ns
+    for ns in "${NETNS[@]}"; do ip netns del "$ns" >/dev/null 2>&1 || true; done   # with their pairs
+    remove_hosts_lines
+}
+
+make_network() {
+    [[ "$(id -u)" == 0 ]] || die "two nodes need root (ip netns, veth, /etc/hosts)"
+    command -v ip >/dev/null || die "two nodes need iproute2's ip"
+    if ip -o -4 addr show | grep -q "inet $HOST_ADDR/"; then
+        die "$HOST_ADDR is already assigned on this machine (another run?): set SLURM_TEST_SUBNET"
+    fi
+    local n1=(ip netns exec "${NETNS[0]}") n2=(ip netns exec "${NETNS[1]}")
+    ip netns add "${NETNS[0]}"
+    ip netns add "${NETNS[1]}"
+    ip link add "$HOST_IF" type veth peer name sgslurm-c
+    ip link set sgslurm-c netns "${NETNS[0]}"
+    ip addr add "$HOST_ADDR/24" dev "$HOST_IF"
+    ip link set "$HOST_IF" up
+    "${n1[@]}" ip addr add "$CTLD_ADDR/24" dev sgslurm-c
+    "${n1[@]}" ip link set sgslurm-c up
+    ip link add "${NODE_IFS[0]}" type veth peer name "${NODE_IFS[1]}"
+    ip link set "${NODE_IFS[0]}" netns "${NETNS[0]}"
+    ip link set "${NODE_IFS[1]}" netns "${NETNS[1]}"
+    "${n1[@]}" ip addr add "${NODE_ADDRS[0]}/24" dev "${NODE_IFS[0]}"
+    "${n1[@]}" ip link set "${NODE_IFS[0]}" up
+    "${n1[@]}" ip link set lo up
+    "${n2[@]}" ip addr add "${NODE_ADDRS[1]}/24" dev "${NODE_IFS[1]}"
+    "${n2[@]}" ip link set "${NODE_IFS[1]}" up
+    "${n2[@]}" ip link set lo up
+    "${n2[@]}" ip route add default via "${NODE_ADDRS[0]}"   # slurmctld's address, through node 1
+    add_hosts_lines
+    log "network: host $HOST_ADDR <-> $CTLD_ADDR ${NODE_NAMES[0]} ${NODE_ADDRS[0]} (namespace ${NETNS[0]})" \
+        "<-> ${NODE_ADDRS[1]} ${NODE_NAMES[1]} (namespace ${NETNS[1]})"
+}
+
 start() {
     install_packages
-    if daemon_alive munged && daemon_alive slurmctld && daemon_alive slurmd \
-            && [[ "$(node_state)" =~ ^(idle|mixed|allocated) ]]; then
+    if all_daemons_alive && all_nodes_in '^(idle|mixed|allocated)'; then
         log "already running (SLURM_CONF=$CONF)"
         return 0
     fi
     stop_daemons quiet   # leftovers of a half-started or killed cluster
+    if [[ "$NODES" == 2 ]]; then
+        remove_network
+        trap 'log "start failed: undoing it"; stop_daemons quiet; remove_network; unlink_default_config' EXIT
+    fi
     write_config
     link_default_config
+    if [[ "$NODES" == 2 ]]; then make_network; fi
     # Job ids restart at 1 after a clean start: keep the completed-job record of one run only.
     if [[ -f "$DIR/log/jobcomp.log" ]]; then mv "$DIR/log/jobcomp.log" "$DIR/log/jobcomp.log.1"; fi
     export SLURM_CONF="$CONF"
     start_munged
     # -c: clean start, so that jobs of an earlier, killed run do not come back as ghosts.
-    spawn slurmctld slurmctld -D -c -f "$CONF"
+    # In a node's network namespace through nsenter, which switches that namespace only (and execs, so
+    # the PID is the daemon's): `ip netns exec` would also mount a fresh /sys, without the cgroup tree
+    # that slurmd needs.
+    if [[ "$NODES" == 1 ]]; then
+        spawn slurmctld slurmctld -D -c -f "$CONF"
+    else
+        spawn slurmctld nsenter --net="/var/run/netns/${NETNS[0]}" slurmctld -D -c -f "$CONF"
+    fi
     wait_for "slurmctld answers" "SLURM_CONF='$CONF' scontrol ping 2>/dev/null | grep -q UP" \
         || die "slurmctld did not come up; see $DIR/log/slurmctld.log"
-    spawn slurmd slurmd -D -N localhost -f "$CONF"
-    wait_for "node localhost idle" "[[ \"\$(node_state)\" == idle ]]" \
-        || die "node not idle (state: '$(node_state)'); see $DIR/log/slurmd.log and slurmctld.log"
+    if [[ "$NODES" == 1 ]]; then
+        spawn slurmd slurmd -D -N localhost -f "$CONF"
+    else
+        mkdir -p "$DIR/spool/${NODE_NAMES[0]}" "$DIR/spool/${NODE_NAMES[1]}"
+        spawn "slurmd-${NODE_NAMES[0]}" nsenter --net="/var/run/netns/${NETNS[0]}" slurmd -D -N "${NODE_NAMES[0]}" -f "$CONF"
+        spawn "slurmd-${NODE_NAMES[1]}" nsenter --net="/var/run/netns/${NETNS[1]}" slurmd -D -N "${NODE_NAMES[1]}" -f "$CONF"
+    fi
+    wait_for "node(s) ${NODE_NAMES[*]} idle" "all_nodes_in '^idle$'" \
+        || die "nodes not idle (states: $(for n in "${NODE_NAMES[@]}"; do printf '%s=%s ' "$n" "$(node_state "$n")"; done)); see $DIR/log/slurmd*.log and slurmctld.log"
     for name in "${DAEMONS[@]}"; do
         daemon_alive "$name" || die "$name exited after starting; see $DIR/log/"
     done
-    log "running: SLURM_CONF=$CONF, PIDs $(pid_of munged) $(pid_of slurmctld) $(pid_of slurmd)"
+    trap - EXIT
+    log "running: SLURM_CONF=$CONF, PIDs $(for name in "${DAEMONS[@]}"; do printf '%s=%s ' "$name" "$(pid_of "$name")"; done)"
 }
 
 stop_daemons() {
@@ -235,25 +377,33 @@ stop_daemons() {
     done
 }
 
+stop() {
+    stop_daemons
+    if [[ "$NODES" == 2 ]]; then remove_network; fi
+    unlink_default_config
+}
+
 status() {
-    local name state ok=0
-    for name in munged slurmctld slurmd; do
+    local name state node ok=0
+    for name in "${DAEMONS[@]}"; do
         if daemon_alive "$name"; then echo "$name: running (PID $(pid_of "$name"))"
         else echo "$name: not running"; ok=1; fi
     done
     # sinfo retries a dead controller for seconds: ask only a live one.
-    state=""
-    if daemon_alive slurmctld; then state="$(node_state)"; fi
-    echo "node localhost: ${state:-no answer}"
-    [[ -n "$state" ]] || ok=1
+    for node in "${NODE_NAMES[@]}"; do
+        state=""
+        if daemon_alive slurmctld; then state="$(node_state "$node")"; fi
+        echo "node $node: ${state:-no answer}"
+        [[ -n "$state" ]] || ok=1
+    done
     echo "SLURM_CONF=$CONF"
     return $ok
 }
 
 case "${1:-}" in
     start) start ;;
-    stop) stop_daemons; unlink_default_config ;;
+    stop) stop ;;
     status) status ;;
     env) echo "export SLURM_CONF=$CONF" ;;
-    *) die "usage: $0 start|stop|status|env   (state in \$SLURM_TEST_DIR, default /tmp/segformer-slurm)" ;;
+    *) die "usage: $0 [--nodes 1|2] start|stop|status|env   (state in \$SLURM_TEST_DIR, default /tmp/segformer-slurm, or /tmp/segformer-slurm-2n for 2 nodes)" ;;
 esac

@@ -131,6 +131,24 @@ def test_a_two_node_training_is_one_srun_of_one_launcher_per_node():
     assert "srun --nodes=2 --ntasks-per-node=1" in command and "--devices 8 --nodes 2" in command
 
 
+def test_slurm_gres_is_the_training_jobs_gres_resource():
+    """config `slurm_gres` becomes the train job's `gres` resource (sbatch --gres per node through the
+    SLURM executor plugin, with no --ntasks-per-gpu); unset, the job asks for no generic resources."""
+    def train_resources(*config):
+        result = snakemake("-n", "--forceall", "results/b0/model.ckpt", "--config", *config)
+        assert result.returncode == 0, result.stdout + result.stderr
+        block = result.stdout.split("rule train:", 1)[1]
+        return next(line for line in block.splitlines() if line.strip().startswith("resources:"))
+
+    resources = train_resources("slurm_gres=gpu:8", "nodes=2", "devices=8")
+    assert "gres=gpu:8" in resources and "tasks_per_gpu=0" in resources, resources
+    assert "nodes=2" in resources and "tasks=2" in resources and "mpi=srun" in resources, resources
+    resources = train_resources("devices=1")
+    assert "gres=" not in resources and "mpi=" not in resources, resources
+    result = snakemake("-n", "results/b0/model.ckpt", "--config", "slurm_gres=gpu:8,nvme:1")
+    assert result.returncode != 0 and "slurm_gres" in result.stdout + result.stderr
+
+
 def test_msrun_command_for_the_second_node_of_two():
     from segformer.engine.launch import master_port, train_command
 
