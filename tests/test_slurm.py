@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -69,23 +68,29 @@ def slurm_cluster():
         assert stopped.returncode == 0, f"{CLUSTER_SCRIPT} stop failed:\n{stopped.stderr}"
 
 
-def run_snakemake(workdir: Path, args: list[str], env: dict) -> tuple[int, str]:
-    """Snakemake ignores SIGTERM while it waits on SLURM jobs: stop it with SIGINT on timeout."""
-    log_path = workdir / "snakemake.out"
+def run_logged(command: list[str], log_path: Path, *, cwd, env: dict, timeout_s: float, stop) -> tuple[int, str]:
+    """Run `command` in its own session with its output in `log_path`; past `timeout_s` send it `stop`
+    (then kill it) and fail the test with the log's end. Returns (exit status, output)."""
     with open(log_path, "w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "snakemake", *args], cwd=workdir, env=env,
-                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
         try:
-            returncode = proc.wait(timeout=SNAKEMAKE_TIMEOUT_S)
+            returncode = proc.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
-            proc.send_signal(signal.SIGINT)   # cancels its SLURM jobs
+            proc.send_signal(stop)
             try:
-                proc.wait(timeout=30)
+                proc.wait(timeout=90)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-            pytest.fail(f"snakemake ran past {SNAKEMAKE_TIMEOUT_S} s:\n{log_path.read_text()[-4000:]}")
+            pytest.fail(f"{command[:3]} ran past {timeout_s} s:\n{log_path.read_text()[-4000:]}")
     return returncode, log_path.read_text()
+
+
+def run_snakemake(workdir: Path, args: list[str], env: dict) -> tuple[int, str]:
+    """Snakemake ignores SIGTERM while it waits on SLURM jobs: stop it with SIGINT (cancels its jobs)."""
+    return run_logged([sys.executable, "-m", "snakemake", *args], workdir / "snakemake.out", cwd=workdir, env=env,
+                      timeout_s=SNAKEMAKE_TIMEOUT_S, stop=signal.SIGINT)
 
 
 def completed_jobs(jobcomp_text: str) -> dict[str, str]:
@@ -160,24 +165,11 @@ def test_training_runs_as_one_slurm_job_on_two_nodes(tmp_path):
     env = {**os.environ, "PYTHON": sys.executable}
     for name in ("SLURM_CONF", "SLURM_TEST_DIR", "SLURM_TEST_NODES"):
         env.pop(name, None)
-    log_path = tmp_path / "slurm_two_nodes.out"
-    with open(log_path, "w") as log:
-        # Its own session: on a timeout SIGTERM reaches the script, which stops Snakemake with SIGINT
-        # (cancelling the SLURM job), then the cluster, the namespaces and the /etc/hosts lines.
-        proc = subprocess.Popen(["bash", str(TWO_NODES_SCRIPT), "--timeout_s", str(SNAKEMAKE_TIMEOUT_S + 180),
-                                 str(tmp_path / "work")], cwd=REPO, env=env, stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            returncode = proc.wait(timeout=SNAKEMAKE_TIMEOUT_S + 300)
-        except subprocess.TimeoutExpired:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=90)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            pytest.fail(f"{TWO_NODES_SCRIPT} ran too long:\n{log_path.read_text()[-4000:]}")
-    out = log_path.read_text()
+    # On a timeout SIGTERM reaches the script, which stops Snakemake with SIGINT (cancelling the SLURM
+    # job), then the cluster, the namespaces and the /etc/hosts lines.
+    returncode, out = run_logged(["bash", str(TWO_NODES_SCRIPT), "--timeout_s", str(SNAKEMAKE_TIMEOUT_S + 180),
+                                  str(tmp_path / "work")], tmp_path / "slurm_two_nodes.out", cwd=REPO, env=env,
+                                 timeout_s=SNAKEMAKE_TIMEOUT_S + 300, stop=signal.SIGTERM)
     assert returncode == 0, f"{TWO_NODES_SCRIPT} failed (exit {returncode}):\n{out[-6000:]}"
     result = json.loads(next(line for line in out.splitlines() if line.startswith("RESULT ")).removeprefix("RESULT "))
     assert result["ok"] is True, result

@@ -19,8 +19,9 @@ from mindspore import nn, ops
 _STREAM = 0x5E6F
 
 
-class DropPath(nn.Cell):
-    """Stochastic depth per sample: x / keep_prob * keep, keep [B] in {0, 1}. Identity in eval mode or at p = 0."""
+class _Drop(nn.Cell):
+    """x / keep_prob * keep, keep in {0, 1} of shape `mask_shape(x)` drawn outside the graph. Identity in
+    eval mode or at drop probability 0."""
 
     def __init__(self, drop_prob: float = 0.0):
         super().__init__()
@@ -31,32 +32,26 @@ class DropPath(nn.Cell):
         if not self.training or self.drop_prob == 0.0:
             return x
         if keep is None:
-            raise ValueError("DropPath in training needs its keep mask (see segformer.models.stochastic.draw_masks)")
-        keep = ops.cast(keep, x.dtype).reshape((x.shape[0],) + (1,) * (x.ndim - 1))
-        return x / self.keep_prob * keep
+            raise ValueError("drop path / dropout in training needs its keep mask "
+                             "(see segformer.models.stochastic.draw_masks)")
+        return x / self.keep_prob * ops.cast(keep, x.dtype).reshape(self.mask_shape(x))
 
     def extend_repr(self):
         return f"drop_prob={self.drop_prob}"
 
 
-class ChannelDropout(nn.Cell):
-    """Dropout2d on [B, C, H, W]: x / keep_prob * keep, keep [B, C] in {0, 1}. Identity in eval mode or at p = 0."""
+class DropPath(_Drop):
+    """Stochastic depth per sample (timm drop_path): keep [B] for x [B, ...]."""
 
-    def __init__(self, p: float = 0.0):
-        super().__init__()
-        self.p = float(p)
-        self.keep_prob = 1.0 - self.p
+    def mask_shape(self, x):
+        return (x.shape[0],) + (1,) * (x.ndim - 1)
 
-    def construct(self, x, keep):
-        if not self.training or self.p == 0.0:
-            return x
-        if keep is None:
-            raise ValueError("Dropout2d in training needs its keep mask (see segformer.models.stochastic.draw_masks)")
-        keep = ops.cast(keep, x.dtype).reshape(x.shape[0], x.shape[1], 1, 1)
-        return x / self.keep_prob * keep
 
-    def extend_repr(self):
-        return f"p={self.p}"
+class ChannelDropout(_Drop):
+    """Dropout2d (torch) on [B, C, H, W]: keep [B, C], one draw per channel of each sample."""
+
+    def mask_shape(self, x):
+        return (x.shape[0], x.shape[1], 1, 1)
 
 
 @dataclass(frozen=True)
