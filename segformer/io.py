@@ -7,6 +7,8 @@ Every writer here writes to a temporary name in the destination folder and renam
 from __future__ import annotations
 
 import contextlib
+import errno
+import glob
 import json
 import os
 import shutil
@@ -27,6 +29,27 @@ def _current_umask() -> int:
 _UMASK = _current_umask()
 
 
+# Errors of a destination that cannot take the output (full disk, file size limit, read-only, no access).
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
+
+
+class OutputError(OSError):
+    """An output that could not be written; the message names it. Nothing is left that looks finished."""
+
+
+@contextlib.contextmanager
+def _naming_the_output(path: Path) -> Iterator[None]:
+    try:
+        yield
+    except OutputError:
+        raise
+    except OSError as error:
+        if error.errno not in _WRITE_ERRNOS:
+            raise
+        raise OutputError(error.errno, f"{path}: cannot be written ({os.strerror(error.errno)}); "
+                                       f"nothing was written there") from error
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it to `path` if the block succeeds.
@@ -37,17 +60,28 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     suffix = path.suffix if suffix is None else suffix
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp)
-    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; the finished file gets the usual permissions
-    try:
-        yield tmp
-        os.chmod(tmp, 0o666 & ~_UMASK)  # again: MindSpore's savers make their files 0400
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with _naming_the_output(path):
+        _remove_leftovers(path)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
+        os.close(fd)
+        tmp = Path(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; the finished file gets the usual permissions
+        try:
+            yield tmp
+            os.chmod(tmp, 0o666 & ~_UMASK)  # again: MindSpore's savers make their files 0400
+            os.replace(tmp, path)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+
+
+def _remove_leftovers(path: Path) -> None:
+    """Temporaries of `path` that a hard-killed earlier writer could not remove (one writer per target)."""
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp*"):
+        if stale.is_dir() and not stale.is_symlink():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            stale.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
@@ -61,14 +95,16 @@ def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
     if path.exists() and (not path.is_dir() or any(path.iterdir())):
         raise FileExistsError(f"{path}: exists and is not an empty folder")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    os.chmod(tmp, 0o777 & ~_UMASK)  # mkdtemp makes 0700
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
+    with _naming_the_output(path):
+        _remove_leftovers(path)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+        os.chmod(tmp, 0o777 & ~_UMASK)  # mkdtemp makes 0700
+        try:
+            yield tmp
+            os.replace(tmp, path)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp)
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -51,3 +51,18 @@ def test_failed_folder_leaves_nothing_and_a_full_folder_is_refused(tmp_path):
         with atomic_folder(out):
             pass
     assert (out / "mine.txt").read_text() == "keep"
+
+
+def test_a_hard_killed_writers_temporaries_are_removed_by_the_next_write(tmp_path):
+    from segformer.io import atomic_folder, atomic_path
+
+    target, folder = tmp_path / "model.ckpt", tmp_path / "infer"
+    (tmp_path / ".model.ckpt.abc123.tmp.ckpt").write_bytes(b"half")       # what SIGKILL leaves behind
+    (tmp_path / ".infer.xyz.tmp").mkdir()
+    (tmp_path / ".infer.xyz.tmp" / "a.png").write_bytes(b"half")
+    (tmp_path / ".other.ckpt.abc.tmp.ckpt").write_bytes(b"another target's")
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(b"done")
+    with atomic_folder(folder) as tmp:
+        (tmp / "a.png").write_bytes(b"done")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.ckpt.abc.tmp.ckpt", "infer", "model.ckpt"]

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-from segformer.models.checkpoint import CheckpointMismatch, check_fits_model
 from segformer.convert.weights import (
     load_source,
     ms_to_hf,
@@ -25,6 +24,8 @@ from segformer.convert.weights import (
     write_hf,
 )
 from segformer.extras import MissingExtra
+from segformer.io import OutputError
+from segformer.models.checkpoint import CheckpointMismatch, check_fits_model
 
 
 def parse_args(argv=None):
@@ -68,7 +69,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         notes = convert(args)
-    except (CheckpointMismatch, MissingExtra) as e:  # ConversionError is one; MissingExtra names the pip line
+    except (CheckpointMismatch, MissingExtra, OutputError) as e:  # ConversionError is one; MissingExtra names the pip line
         print(f"error: {e}", file=sys.stderr)
         return 1
     print("\n".join(notes))

@@ -20,6 +20,7 @@ import logging
 import sys
 import time
 
+from segformer.io import OutputError
 from segformer.models.variants import VARIANTS
 
 log = logging.getLogger("evaluate")
@@ -58,7 +59,7 @@ def main(argv=None) -> int:
     configure_logging()
     try:
         matrix, name = run(args)
-    except (ValueError, FileNotFoundError) as error:  # ConversionError is a ValueError
+    except (ValueError, FileNotFoundError, OutputError) as error:  # CheckpointMismatch is a ValueError
         log.error("%s", error)
         print(f"error: {error}", file=sys.stderr)
         return 1

@@ -17,6 +17,7 @@ import logging
 import sys
 import time
 
+from segformer.io import OutputError
 from segformer.models.variants import VARIANTS
 
 log = logging.getLogger("export")
@@ -64,7 +65,7 @@ def main(argv=None) -> int:
         if args.air:
             export_model(net, args.air, (args.height, args.width), "AIR")
             log.info("wrote %s", args.air)
-    except (ValueError, DeviceError, ExportCheckFailed, RuntimeError) as error:
+    except (ValueError, DeviceError, ExportCheckFailed, RuntimeError, OutputError) as error:
         log.error("%s", error)
         print(f"error: {error}", file=sys.stderr)
         return 1

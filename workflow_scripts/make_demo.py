@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from segformer.demo import generate_demo
+from segformer.io import OutputError
 from segformer.logs import configure_logging
 
 log = logging.getLogger("make_demo")
@@ -40,7 +41,7 @@ def main(argv=None) -> int:
     try:
         manifest = generate_demo(args.out_root, seed=args.seed, width=args.width, height=args.height,
                                  train_images=args.train, val_images=args.val, force=args.force)
-    except (ValueError, FileExistsError) as err:
+    except (ValueError, FileExistsError, OutputError) as err:
         log.error("%s", err)
         return 1
     log.info("%s: %s frames at %dx%d, seed %d, in %.1f s", args.out_root, manifest["counts"], args.width,

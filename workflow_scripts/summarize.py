@@ -14,7 +14,7 @@ import argparse
 import logging
 import sys
 
-from segformer.io import write_text
+from segformer.io import OutputError, write_text
 from segformer.logs import configure_logging
 from segformer.summary import (
     SummaryInputError,
@@ -53,7 +53,7 @@ def main(argv=None) -> int:
     configure_logging()
     try:
         frame = read_miou_rows(args.miou)
-    except SummaryInputError as error:
+    except (SummaryInputError, OutputError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     # Everything is rendered in memory first; the figure goes first as the likeliest to fail.

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from segformer.engine.train import TrainingDiverged, train
+from segformer.io import OutputError
 from segformer.logs import configure_logging
 from segformer.models.variants import VARIANTS
 from segformer.settings import deep_merge, fill_defaults_and_validate, load_config, train_settings
@@ -65,7 +66,7 @@ def main(argv=None) -> int:
               out_curve=args.curve or (str(out_dir / "train_curve.png") if args.out_dir else None),
               state_dir=args.state_dir or str(out_dir / "train_state"),
               device=args.device or config["device"], precision=args.precision or config["precision"])
-    except (TrainingDiverged, ValueError, FileNotFoundError) as error:
+    except (TrainingDiverged, ValueError, FileNotFoundError, OutputError) as error:
         logging.getLogger("train").error("%s", error)
         print(f"error: {error}", file=sys.stderr)
         return 1

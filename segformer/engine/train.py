@@ -309,15 +309,30 @@ def train(settings: dict, *, variant: str, train_list: str, val_list: str | None
                "wall_time_s": round(wall, 1), "last_loss": loss_value, "best_val_mIoU": best["mIoU"],
                "best_iteration": best["iteration"]}
     if dist.is_main:
-        with atomic_path(out_log) as tmp:
-            tmp.write_text(train_log.path.read_text())
-        if out_curve:
-            plot_curve(Path(out_log), Path(out_curve), f"SegFormer-{variant}")
+        _write_outputs(net, train_log, out_ckpt, out_log, out_curve, f"SegFormer-{variant}")
+        state.remove()
+        log.info("finished %d iterations in %.1f s; model written to %s", iterations - start_iteration, wall,
+                 out_ckpt)
+    return summary
+
+
+def _write_outputs(net, train_log: TrainLog, out_ckpt, out_log, out_curve, title: str) -> None:
+    """The model first (the largest), then the log and the curve; if one cannot be written, those already
+    written go too, so that no set of outputs looks finished without its model (the state folder stays)."""
+    written = []
+    try:
         with atomic_path(out_ckpt) as tmp:
             ms.save_checkpoint(net, str(tmp))
-        state.remove()
-    log.info("finished %d iterations in %.1f s; model written to %s", iterations - start_iteration, wall, out_ckpt)
-    return summary
+        written.append(Path(out_ckpt))
+        with atomic_path(out_log) as tmp:
+            tmp.write_text(train_log.path.read_text())
+        written.append(Path(out_log))
+        if out_curve:
+            plot_curve(Path(out_log), Path(out_curve), title)
+    except BaseException:
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise
 
 
 def _state_entries(net: nn.Cell, optimizer: AdamW) -> list[dict]:

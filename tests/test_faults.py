@@ -1,0 +1,143 @@
+"""Faults anywhere in the workflow: Snakemake's whole process group hard-killed (SIGKILL) while a stage
+runs, then `--unlock` and `--rerun-incomplete`, as a user recovers. One chain of kills through one tiny
+b0 demo run (labels, training after its first checkpoint, evaluation, rendering, export), then a run to
+the end: every output complete and readable, training resumed from its last checkpoint instead of
+starting over, every iteration once in train_log.csv, and nothing left to do.
+
+And a results folder that cannot be written: the stage fails naming the path, nothing looks finished."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import pytest
+import yaml
+
+from conftest import copy_working_tree
+
+TINY = {
+    "variants": ["b0"],
+    "demo": {"width": 128, "height": 64, "train_images": 8, "val_images": 4},
+    "train": {"iterations": 6, "batch_size": 2, "crop_size": [64, 64], "base_scale": [128, 64],
+              "log_interval": 1, "checkpoint_interval": 2, "num_workers": 1, "schedule": {"warmup_iters": 1}},
+    "export": {"input_size": [64, 128]},
+}
+COMMAND = [sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", "tiny.yaml"]
+
+# Kill points, in the order the run reaches them: (name, the file whose appearance means "now").
+# A stage's log appears when its job starts; training is killed once it has a checkpoint to resume from.
+KILL_POINTS = [
+    ("label conversion", "results/logs/convert_labels.log"),
+    ("training", "results/b0/train_state/state_00000002.ckpt"),
+    ("evaluation", "results/logs/evaluate_b0.log"),
+    ("rendering", "results/logs/infer_b0.log"),
+    ("export", "results/logs/export_b0.log"),
+]
+
+
+def start(workdir: Path, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen([*COMMAND, *extra], cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+
+
+def kill_when(process: subprocess.Popen, marker: Path, timeout_s: float = 400) -> bool:
+    """SIGKILL the process group as soon as `marker` exists; False if the run ended first."""
+    deadline = time.time() + timeout_s
+    while not marker.exists():
+        if process.poll() is not None:
+            return False
+        assert time.time() < deadline, f"{marker} did not appear within {timeout_s} s"
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    return True
+
+
+def run(workdir: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([*COMMAND, *args], cwd=workdir, capture_output=True, text=True, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    workdir = copy_working_tree(tmp_path_factory.mktemp("faults"))
+    (workdir / "tiny.yaml").write_text(yaml.safe_dump(TINY))
+    return workdir
+
+
+def test_hard_kills_anywhere_then_unlock_and_rerun_incomplete_finish_correctly(workdir):
+    killed = []
+    extra = ()
+    for name, marker in KILL_POINTS:
+        process = start(workdir, *extra)
+        if kill_when(process, workdir / marker):
+            killed.append(name)
+            unlock = run(workdir, "--unlock")
+            assert unlock.returncode == 0, unlock.stdout + unlock.stderr
+            extra = ("--rerun-incomplete",)
+    assert killed == [name for name, _ in KILL_POINTS], f"killed during {killed} only"
+
+    final = run(workdir, "--rerun-incomplete")
+    assert final.returncode == 0, final.stdout[-3000:] + final.stderr[-3000:]
+    results = workdir / "results"
+    # training resumed from its checkpoint rather than starting over, and logged each iteration once
+    assert "resumed at iteration" in (results / "logs" / "train_b0.log").read_text()
+    with open(results / "b0" / "train_log.csv") as handle:
+        rows = list(csv.DictReader(line for line in handle if not line.startswith("#")))
+    assert [int(row["iteration"]) for row in rows] == list(range(1, TINY["train"]["iterations"] + 1))
+    assert not (results / "b0" / "train_state").exists()
+    # every output complete and readable
+    with open(results / "b0" / "miou.csv") as handle:
+        assert len(list(csv.DictReader(handle))) == 1
+    pngs = list((results / "b0" / "infer").rglob("*.png")) + [results / "b0" / "infer_preview.png",
+                                                              results / "miou.png"]
+    assert len(pngs) > 4
+    for png in pngs:
+        assert cv2.imread(str(png), cv2.IMREAD_UNCHANGED) is not None, f"{png} is truncated"
+    assert (results / "b0" / "segformer_b0.mindir").stat().st_size > 100_000
+    assert (results / "summary.md").read_text().strip()
+    leftovers = [p for p in results.rglob("*") if ".tmp" in p.name or p.name.startswith(".staging")]
+    assert not leftovers, leftovers
+    again = run(workdir, "-n")
+    assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr, again.stdout[-2000:]
+
+
+def full_disk(limit: int):
+    """For the child: files may not grow past `limit` bytes (RLIMIT_FSIZE; writes then fail with EFBIG, as on
+    a full disk), for root too, unlike permission bits."""
+    def apply():
+        import resource
+
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return apply
+
+
+@pytest.mark.parametrize("stage, limit", [("export", 64 * 1024), ("infer", 1024), ("train", 64 * 1024)])
+def test_a_full_disk_fails_the_stage_naming_the_path_and_leaves_nothing_finished(workdir, stage, limit, tmp_path):
+    """After the run above, a stage writing into a full disk: non-zero exit, the path named, no output."""
+    results = workdir / "results"
+    script = workdir / "workflow_scripts" / f"{stage}.py"
+    out = tmp_path / "out"
+    out.mkdir()
+    args = {
+        "export": ["--variant", "b0", "--ckpt", results / "b0" / "model.ckpt", "--out", out / "b0.mindir",
+                   "--height", "64", "--width", "128"],
+        "infer": ["--variant", "b0", "--ckpt", results / "b0" / "model.ckpt", "--images",
+                  results / "demo" / "cityscapes" / "leftImg8bit" / "val", "--out_dir", out / "infer"],
+        "train": ["--variant", "b0", "--settings", json.dumps(TINY["train"] | {"iterations": 1}),
+                  "--train_list", results / "data" / "train.txt", "--out_dir", out],
+    }[stage]
+    result = subprocess.run([sys.executable, str(script), *map(str, args)], cwd=workdir, capture_output=True,
+                            text=True, timeout=600, preexec_fn=full_disk(limit))
+    assert result.returncode != 0
+    assert str(out) in result.stderr, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    finished = [p for p in out.rglob("*") if p.is_file() and p.stat().st_size > 0 and ".tmp" not in p.name
+                and p.name != "train_log.csv" and "train_state" not in p.parts]
+    assert not finished, finished
