@@ -156,7 +156,7 @@ def test_one_variant_chain_runs_as_slurm_jobs_with_data_parallel_training(slurm_
     assert (workdir / "results/b0/miou.csv").read_text().startswith("variant,mIoU,aAcc,mAcc,road,")
 
 
-@pytest.mark.slow
+@pytest.mark.rehearsal
 def test_training_runs_as_one_slurm_job_on_two_nodes(tmp_path):
     """`nodes: 2`, `devices: 1`: Snakemake submits one job of two nodes, srun starts one launcher on
     each, msrun joins the two workers; SLURM's records show the job on both nodes."""
