@@ -166,13 +166,13 @@ def worker_pid(launcher_pid: int, rank: int) -> int | None:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(shutil.which("msrun") is None, reason="msrun ships with MindSpore; missing means a broken install")
 def test_killed_worker_fails_the_job_promptly_and_the_rerun_resumes_exactly(tiny_dataset, tmp_path):
     """Two msrun workers with the official drop path and dropout on; SIGKILL rank 1 once the first
     checkpoint is there. Without the launcher's bound msrun waits for its scheduler's heartbeat timeout
     (measured: 34 s); with it, grace + polling (measured 15.6 s with the default grace of 15 s). The rerun
     resumes and ends with the weights of an uninterrupted two-worker run, bit for bit (every rank's
     masks are a function of seed, rank and iteration)."""
+    assert shutil.which("msrun"), "msrun ships with MindSpore: missing means a broken install"
     grace_s, bound_s = 5, 30
     settings = {**TINY_TRAIN, "iterations": 6, "batch_size": 1, "checkpoint_interval": 2,
                 "model": {"drop_path_rate": 0.1, "head_dropout": 0.1}}
