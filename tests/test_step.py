@@ -20,17 +20,10 @@ from segformer.engine.step import FP32_CELLS, DynamicLossScale, TrainStep, to_mi
 from segformer.models import build_model
 from segformer.models.stochastic import draw_masks
 from segformer.models.sync_bn import AllReduceBatchNorm2d
+from workers.step_parallel_worker import batch   # the same images for one process and for two workers
 
 NORMALISATIONS = (nn.LayerNorm, nn.BatchNorm2d, nn.SyncBatchNorm, AllReduceBatchNorm2d)
 BN_STATS = ("decode_head.linear_fuse.bn.moving_mean", "decode_head.linear_fuse.bn.moving_variance")
-
-
-def batch(size=2, seed=0):
-    rng = np.random.default_rng(seed)
-    images = rng.standard_normal((size, 3, 64, 64)).astype(np.float32)
-    labels = rng.integers(0, 19, (size, 64, 64)).astype(np.int32)
-    labels[:, :8] = 255    # the same number of labelled pixels per image: per-image means average exactly
-    return images, labels
 
 
 def fresh_net():

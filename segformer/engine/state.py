@@ -41,6 +41,14 @@ class StateDir:
     def stamp_file(self) -> Path:
         return self.path / "settings.json"
 
+    def stamped_hash(self) -> str | None:
+        """The settings hash the folder is stamped with; None when it has no stamp (yet). The stamp is
+        written atomically, so a reader sees the old one or the new one, never part of one."""
+        try:
+            return json.loads(self.stamp_file.read_text()).get("hash")
+        except FileNotFoundError:
+            return None
+
     def checkpoints(self) -> list[tuple[int, Path]]:
         """(iteration, file) pairs, oldest first."""
         if not self.path.is_dir():
@@ -54,8 +62,8 @@ class StateDir:
 
     def open(self) -> Path | None:
         """Prepare the folder; return the newest checkpoint to resume from, or None to start fresh."""
-        if self.stamp_file.is_file():
-            stamped = json.loads(self.stamp_file.read_text()).get("hash")
+        stamped = self.stamped_hash()
+        if stamped is not None:
             if stamped == self.hash and self.checkpoints():
                 iteration, file = self.checkpoints()[-1]
                 log.info("resuming from %s (iteration %d)", file, iteration)

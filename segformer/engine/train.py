@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import logging
 import math
 import os
@@ -347,20 +346,13 @@ def _wait_for_state(state: StateDir, timeout_s: float = 600.0):
     resume from the same file. Until rank 0 rewrites it, settings.json may still be a previous run's
     (after a settings change): that is a wait, not an error, bounded by `timeout_s`."""
     deadline = time.time() + timeout_s
-    while _stamped_hash(state) != state.hash:
+    while state.stamped_hash() != state.hash:
         if time.time() > deadline:
             raise TimeoutError(f"{state.path}: rank 0 did not stamp the state folder with this run's settings "
-                               f"(hash {state.hash}, found {_stamped_hash(state)}) within {timeout_s:.0f} s")
+                               f"(hash {state.hash}, found {state.stamped_hash()}) within {timeout_s:.0f} s")
         time.sleep(0.2)
     checkpoints = state.checkpoints()
     return checkpoints[-1][1] if checkpoints else None
-
-
-def _stamped_hash(state: StateDir) -> str | None:
-    try:
-        return json.loads(state.stamp_file.read_text()).get("hash")
-    except (OSError, ValueError):   # not there yet, or being replaced
-        return None
 
 
 def _validation(net, val_list, settings: dict | None):

@@ -27,7 +27,7 @@ def batch(size=2, seed=0):
     rng = np.random.default_rng(seed)
     images = rng.standard_normal((size, 3, 64, 64)).astype(np.float32)
     labels = rng.integers(0, 19, (size, 64, 64)).astype(np.int32)
-    labels[:, :8] = 255
+    labels[:, :8] = 255    # the same number of labelled pixels per image: per-image means average exactly
     return images, labels
 
 
