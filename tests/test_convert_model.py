@@ -27,7 +27,7 @@ from segformer.models import VARIANTS, build_model
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "workflow_scripts" / "convert_model.py"
 TOL = 1e-4
-SHAPES = {"b0": (1, 3, 64, 128), "b1": (1, 3, 64, 128)}  # b2-b5: tiny inputs, see small_shape()
+SHAPES = {"b0": (1, 3, 64, 128), "b1": (1, 3, 64, 128)}  # b2-b5: small inputs, see small_shape()
 
 _spec = importlib.util.spec_from_file_location("convert_model_script", SCRIPT)
 convert_model = importlib.util.module_from_spec(_spec)
@@ -35,7 +35,35 @@ _spec.loader.exec_module(convert_model)
 
 
 def small_shape(variant):
-    return SHAPES.get(variant, (1, 3, 32, 32))
+    """64x64 for b2-b5: every stage attends over 2x2 keys (keys_per_stage). At 32x32 each stage had a single
+    key, whose softmax weight is 1 whatever the query and key weights: a conversion mixing them up would pass."""
+    return SHAPES.get(variant, (1, 3, 64, 64))
+
+
+def keys_per_stage(variant, shape):
+    """Keys each stage's attention sees for an input of `shape`: the tokens after the overlapping patch
+    embedding (kernel k, stride s, padding k//2), reduced by the sr x sr stride-sr conv."""
+    cfg = VARIANTS[variant]
+    height, width = shape[2:]
+    keys = []
+    for kernel, stride, sr in zip(cfg.patch_sizes, cfg.strides, cfg.sr_ratios):
+        height = (height + 2 * (kernel // 2) - kernel) // stride + 1
+        width = (width + 2 * (kernel // 2) - kernel) // stride + 1
+        keys.append((height // sr) * (width // sr))
+    return keys
+
+
+def swap_query_and_key(model):
+    """Exchange every block's query and key projections of a Hugging Face model in place; returns it."""
+    with torch.no_grad():
+        for stage in model.segformer.stages:
+            for block in stage.blocks:
+                for p in ("weight", "bias"):
+                    query, key = getattr(block.attention.q_proj, p), getattr(block.attention.k_proj, p)
+                    saved = query.clone()
+                    query.copy_(key)
+                    key.copy_(saved)
+    return model
 
 
 pytestmark = pytest.mark.usefixtures("pynative_cpu")
@@ -209,6 +237,10 @@ def test_hf_variants_match_reference(variant, tmp_path):
     model.save_pretrained(tmp_path)
     x = np.random.default_rng(1).standard_normal(small_shape(variant)).astype(np.float32)
     reference = hf_logits(model, x)
+    # The comparison sees the attention: several keys per stage, so swapped query/key weights change the logits.
+    assert min(keys_per_stage(variant, x.shape)) >= 4, keys_per_stage(variant, x.shape)
+    moved = float(np.abs(hf_logits(swap_query_and_key(model), x) - reference).max())
+    assert moved > 100 * TOL, f"query and key weights swapped, yet the logits moved by only {moved}"
     del model
     layout, state = load_source(tmp_path)
     assert layout == "hf"

@@ -6,8 +6,8 @@ wheels permitting) and reused while the requirements are unchanged. SEGFORMER_ON
 interpreter instead; SEGFORMER_ONNX_VENV moves the venv (default ~/.cache/segformer-onnx-venv).
 
 The b0 model is built by segformer.models.build_model with every parameter randomised so that the logits
-are O(1): a wrong conversion or export shows up far above the 1e-4 tolerance. The ONNX logits are compared
-with the Hugging Face PyTorch model and with our MindSpore model on the test's own input.
+are O(1): a wrong conversion or export shows up far above the tolerances (README.md's). The ONNX logits are
+compared with the Hugging Face PyTorch model and with our MindSpore model on the test's own input.
 """
 
 import hashlib
@@ -30,7 +30,10 @@ ROOT = Path(__file__).resolve().parents[1]
 CONVERT = ROOT / "workflow_scripts" / "convert_model.py"
 EXPORT = ROOT / "workflow_scripts" / "export_onnx.py"
 REQUIREMENTS = ROOT / "envs" / "onnx-requirements.txt"
-TOL = 1e-4
+# The bounds README.md states (max abs, logits of max |logit| ~2.6). Measured here: 2e-6 against PyTorch (float32
+# kernel order); 1e-5 against MindSpore, mostly Hugging Face's LayerNorm eps 1e-5 where the official model has 1e-6.
+ONNX_VS_TORCH = 1e-5
+ONNX_VS_MINDSPORE = 3e-5
 HEIGHT, WIDTH = 64, 128
 LOGITS_SHAPE = (1, 19, HEIGHT // 4, WIDTH // 4)
 
@@ -133,7 +136,7 @@ def test_exported_onnx_matches_pytorch_and_mindspore(onnx_python, b0, tmp_path):
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
     assert summary["output"] == {"name": "logits", "shape": list(LOGITS_SHAPE)}
-    assert summary["max_abs_diff"] <= TOL
+    assert summary["max_abs_diff"] <= ONNX_VS_TORCH, summary  # the script's own check, on its seeded image
     assert sorted(p.name for p in out.parent.iterdir()) == ["b0.onnx"], "a temporary file was left behind"
 
     x = np.random.default_rng(1).standard_normal((1, 3, HEIGHT, WIDTH)).astype(np.float32)
@@ -148,8 +151,8 @@ def test_exported_onnx_matches_pytorch_and_mindspore(onnx_python, b0, tmp_path):
     assert float(ms_logits.std()) > 0.1, "logits too flat for the comparison to mean anything"
     onnx_vs_torch = float(np.abs(onnx_logits - torch_logits).max())
     onnx_vs_mindspore = float(np.abs(onnx_logits - ms_logits).max())
-    assert onnx_vs_torch <= TOL, f"onnxruntime vs PyTorch: max abs diff {onnx_vs_torch}"
-    assert onnx_vs_mindspore <= TOL, f"onnxruntime vs MindSpore: max abs diff {onnx_vs_mindspore}"
+    assert onnx_vs_torch <= ONNX_VS_TORCH, f"onnxruntime vs PyTorch: max abs diff {onnx_vs_torch}"
+    assert onnx_vs_mindspore <= ONNX_VS_MINDSPORE, f"onnxruntime vs MindSpore: max abs diff {onnx_vs_mindspore}"
 
 
 def test_folder_without_config_is_refused(onnx_python, b0, tmp_path):

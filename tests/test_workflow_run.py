@@ -3,7 +3,8 @@
 training), then the everyday behaviour users rely on: nothing to redo after a run, also after a
 `git pull` touches every source file; one variant's settings change reruns that variant's chain and the
 summary only; a starting point added or changed after the run replans that variant's conversion and training;
-one target builds only its chain; a failed job leaves no output; the report renders.
+one target builds only its chain; a failed job leaves no output; the report renders; the ONNX route
+(rules export_hf and export_onnx) on request.
 
 The checkout and every path the config names sit in folders whose names hold a space and a single quote
 (ODD), as users' paths do: every rule must quote what it hands to the shell."""
@@ -15,11 +16,13 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
 
 from conftest import copy_working_tree
+from test_onnx_export import ONNX_VS_MINDSPORE, ONNX_VS_TORCH, PROBE, onnx_python  # noqa: F401 (a fixture)
 
 TINY = {
     "variants": ["b0", "b1"],
@@ -214,3 +217,41 @@ def test_the_report_renders(finished_workflow):
     page = (finished_workflow / "report.html").read_text(errors="replace")
     for expected in ("summary.csv", "miou.png", "train_curve.png", "infer_preview.png"):
         assert expected in page, expected
+
+
+def mindspore_logits(ckpt: Path, x: np.ndarray) -> np.ndarray:
+    import mindspore as ms
+
+    from segformer.models import build_model
+
+    net = build_model("b0")
+    ms.load_param_into_net(net, ms.load_checkpoint(str(ckpt)), strict_load=True)
+    net.set_train(False)
+    return net(ms.Tensor(x)).asnumpy()
+
+
+def test_the_onnx_route_writes_a_hugging_face_folder_and_an_onnx_file_that_match_the_model(
+        finished_workflow, onnx_python, tmp_path):
+    """Rules export_hf and export_onnx for b0 (the README's `export={onnx: true, onnx_python: ...}`): the folder
+    loads in transformers, onnxruntime runs the file, and both give our model's logits (README's bounds)."""
+    result = snakemake(finished_workflow, "results/b0/segformer_b0.onnx",
+                       "--config", f"export={{onnx: true, onnx_python: {onnx_python}}}")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    b0 = finished_workflow / "results/b0"
+    marker = ".snakemake_timestamp"  # Snakemake's own file in a directory() output
+    assert sorted(p.name for p in (b0 / "hf").iterdir() if p.name != marker) == ["config.json", "model.safetensors"]
+    assert "onnxruntime vs PyTorch" in (finished_workflow / "results/logs/export_onnx_b0.log").read_text()
+
+    height, width = TINY["export"]["input_size"]  # the ONNX graph's fixed input
+    x = np.random.default_rng(3).standard_normal((1, 3, height, width)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    probe = subprocess.run([str(onnx_python), "-c", PROBE, str(b0 / "segformer_b0.onnx"), str(b0 / "hf"),
+                            str(tmp_path / "x.npy"), str(tmp_path)], capture_output=True, text=True, timeout=600)
+    assert probe.returncode == 0, probe.stderr[-3000:]
+    onnx_logits, torch_logits = np.load(tmp_path / "onnx.npy"), np.load(tmp_path / "torch.npy")
+    ours = mindspore_logits(b0 / "model.ckpt", x)
+    assert onnx_logits.shape == torch_logits.shape == ours.shape == (1, 19, height // 4, width // 4)
+    assert float(np.abs(onnx_logits - torch_logits).max()) <= ONNX_VS_TORCH
+    # Hugging Face (eps 1e-5 in its LayerNorms) and the ONNX file made from it, against our model.
+    assert float(np.abs(torch_logits - ours).max()) <= ONNX_VS_MINDSPORE
+    assert float(np.abs(onnx_logits - ours).max()) <= ONNX_VS_MINDSPORE
