@@ -72,7 +72,8 @@ def measure(step_once, args):
 
 def mindspore_worker(args):
     import mindspore as ms
-    ms.set_device("CPU")
+    from segformer.devices import use_device
+    use_device("CPU")   # as training sets it up (the memory pool's reservation included)
     ms.device_context.cpu.op_tuning.threads_num(args.threads)
     ms.set_context(mode=ms.GRAPH_MODE)
     ms.set_seed(0)

@@ -268,11 +268,28 @@ def use_device(target: str, *, precision: str = "fp32", slot_dir=None, count=Non
     else:
         ms.set_device(target, device_id)
     applied = apply_precision(target, precision)
+    if target == "CPU":
+        reserve_cpu_memory_pool()
     # mindspore.get_current_device (mindspore/device_manager.py), not the deprecated get_context("device_target")
     current = ms.get_current_device()
     _in_use = {"device": current.device_target, "device_id": device_id, "device_id_from": source,
                "precision": precision, "op_precision": applied}
     return dict(_in_use)
+
+
+def reserve_cpu_memory_pool() -> str:
+    """Give MindSpore's CPU memory pool its address space up front, as much as the machine's memory.
+
+    Why: by default the pool grows in 1 GiB blocks, and tensors of a few hundred MiB (the attention scores
+    at 1024x1024) leave part of each block unusable: b0 training at 1024x1024 touched 4.0 GiB of pool for a
+    3.3 GiB peak of live tensors; with the space reserved at once, 3.36 GiB. Reserving costs nothing: only
+    the pages a tensor touches take memory (mindspore.runtime.set_memory, init_size). Returns the size."""
+    import mindspore as ms
+
+    physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    size = f"{max(2, physical // 2 ** 30)}GB"
+    ms.runtime.set_memory(init_size=size)
+    return size
 
 
 def describe_device(settings: dict) -> str:

@@ -16,6 +16,7 @@ the "Supported Platforms:" section of docstrings:
    equivalent to ops.add(...)"), following aliases ("Alias for :func:`mindspore.ops.cat()`");
 3. else OPERATOR_FORMS: the tensor-number forms of documented ops (`x * 2.0` compiles to Muls, the
    number form of ops.mul), checked as that op;
+3b. else TENSOR_METHOD_FORMS: primitives a documented Tensor method compiles to (TensorMove: Tensor.copy);
 4. else a public functional op (mindspore.ops, mindspore.mint, mindspore.mint.nn.functional) that
    returns the primitive's output (`ops.matmul` returns `matmul_ext(...)`, i.e. MatMulExt's);
 5. gradient primitives (nodes in a `Gradients/.../Grad_<Forward>` scope whose own docstring lists no
@@ -65,6 +66,13 @@ OPERATOR_FORMS = {
     "Divs": "Div",          # x / number  (ops.div)
     "LessScalar": "Less",   # x < number  (ops.less)
     "EqScalar": "Equal",    # x == number (ops.equal)
+}
+
+# Primitives that a documented Tensor method compiles to in a graph (mindspore/_extends/../standard_method.py:
+# `copy` builds Primitive('TensorMove')). MindSpore's compiler also inserts TensorMove itself, to keep the
+# value a custom `bprop` reads of a Parameter that the same graph updates; it is checked as that method.
+TENSOR_METHOD_FORMS = {
+    "TensorMove": "copy",
 }
 
 _GRAD_SCOPE = re.compile(r"(?:^|/)Grad_([A-Za-z0-9_]+?)(?=/|$)")
@@ -303,6 +311,12 @@ def primitive_documentation(name: str):
         platforms, where = primitive_documentation(OPERATOR_FORMS[name])
         if platforms:
             return platforms, f"as {OPERATOR_FORMS[name]}, whose tensor-number form it is: {where}"
+    if name in TENSOR_METHOD_FORMS:          # 3b. the Tensor method whose graph form it is
+        import mindspore as ms
+        method = TENSOR_METHOD_FORMS[name]
+        platforms = documented_platforms(inspect.getdoc(getattr(ms.Tensor, method)) or "")
+        if platforms:
+            return platforms, f"as mindspore.Tensor.{method}, whose graph form it is"
     if classes:                              # 4. a public functional op that wraps it
         platforms, where = _wrapping_function(name)
         if platforms:

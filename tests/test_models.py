@@ -305,6 +305,47 @@ def test_depthwise_conv_formulations_match_torch_grouped_conv():
         np.testing.assert_allclose(layer(feature_map).asnumpy(), expected.numpy(), atol=1e-5)
 
 
+def torch_gradients(function, *arrays, seed=7):
+    """PyTorch's value and input gradients of sum(function(*inputs) * r) for a fixed random r."""
+    inputs = [torch.from_numpy(array.asnumpy()).requires_grad_(True) for array in arrays]
+    out = function(*inputs)
+    weights = torch.from_numpy(np.random.default_rng(seed).standard_normal(tuple(out.shape)).astype(np.float32))
+    (out * weights).sum().backward()
+    return out.detach().numpy(), [x.grad.numpy() for x in inputs], ms.Tensor(weights.numpy())
+
+
+def mindspore_gradients(cell, weights, *inputs):
+    def weighted_sum(*xs):
+        return (cell(*xs) * weights).sum()
+    grads = ms.grad(weighted_sum, grad_position=tuple(range(len(inputs))))(*inputs)
+    return [g.asnumpy() for g in (grads if isinstance(grads, tuple) else (grads,))]
+
+
+def test_written_out_backward_passes_equal_pytorch_autograd():
+    """The CPU formulation's own bprops (ErfGELU, RowSoftmax, DepthwiseTapsProduct: written out to keep
+    MindSpore's CPU memory down, docs/platform_notes.md) against PyTorch's autograd of the same functions."""
+    from segformer.models.layers import DepthwiseTapsProduct, ErfGELU
+    from segformer.models.mix_transformer import RowSoftmax
+    x = random_image((2, 6, 5, 7), seed=11) * 3.0
+    expected, (grad,), weights = torch_gradients(lambda t: torch.nn.functional.gelu(t), x)
+    np.testing.assert_allclose(ErfGELU()(x).asnumpy(), expected, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(mindspore_gradients(ErfGELU(), weights, x)[0], grad, rtol=3e-5, atol=1e-6)
+
+    scores = random_image((3, 4, 9), seed=12) * 4.0
+    expected, (grad,), weights = torch_gradients(lambda t: torch.softmax(t, dim=-1), scores)
+    np.testing.assert_allclose(RowSoftmax()(scores).asnumpy(), expected, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(mindspore_gradients(RowSoftmax(), weights, scores)[0], grad, rtol=1e-5, atol=1e-6)
+
+    feature_map, kernel = random_image((2, 6, 5, 7), seed=13), random_image((6, 1, 3, 3), seed=14)
+    expected, grads, weights = torch_gradients(
+        lambda m, k: torch.nn.functional.conv2d(m, k, padding=1, groups=6), feature_map, kernel)
+    product = DepthwiseTapsProduct(6)
+    np.testing.assert_allclose(product(feature_map, kernel).asnumpy().reshape(expected.shape), expected, atol=1e-5)
+    got = mindspore_gradients(lambda m, k: product(m, k).reshape(expected.shape), weights, feature_map, kernel)
+    for ours, theirs in zip(got, grads):
+        np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-5)
+
+
 def test_formulation_is_chosen_by_device_in_one_place():
     assert resolve_formulation("auto", "CPU") == "matmul"
     assert resolve_formulation("auto", "Ascend") == "conv"

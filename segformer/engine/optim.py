@@ -186,6 +186,7 @@ def bias_correction_table(beta: float, take_sqrt: bool = False) -> np.ndarray:
 
 
 _adamw_update = ops.MultitypeFuncGraph("adamw_update")
+_divide = ops.RealDiv()
 
 
 @_adamw_update.register(
@@ -207,8 +208,9 @@ def _adamw_update_one(one_minus_beta1, beta2, one_minus_beta2, eps, lr, bias_cor
     # torch: exp_avg.lerp_(grad, 1 - beta1) == m + (1 - beta1) * (grad - m) for weights below 0.5
     next_m = m + one_minus_beta1 * (grad - m)
     next_v = v * beta2 + one_minus_beta2 * grad * grad
-    denom = ops.sqrt(next_v) / bias_correction2_sqrt + eps
-    p = p - (lr_group / bias_correction1) * (next_m / denom)
+    # RealDiv, not Div: MindSpore's CPU Div kernel keeps 16 bytes per element allocated (same quotients)
+    denom = _divide(ops.sqrt(next_v), bias_correction2_sqrt) + eps
+    p = p - (lr_group / bias_correction1) * _divide(next_m, denom)
     success = True
     success = ops.depend(success, ops.assign(m, next_m))
     success = ops.depend(success, ops.assign(v, next_v))

@@ -112,8 +112,9 @@ class SegFormerHead(nn.Cell):
         fused_c2, shift_c2 = self._fused_source(c2, self.linear_c2, fuse_weight, 2)
         fused_c1, shift_c1 = self._fused_source(c1, self.linear_c1, fuse_weight, 3)
         fused = self._resized(fused_c4, size) + self._resized(fused_c3, size) + self._resized(fused_c2, size)
-        shift = (shift_c4 + shift_c3 + shift_c2 + shift_c1).reshape(1, -1, 1, 1)
-        return fused + fused_c1 + ops.cast(shift, fused_c1.dtype)   # float16 under mixed precision
+        shift = (shift_c4 + shift_c3 + shift_c2 + shift_c1).reshape(-1)
+        # BiasAdd, not a broadcasting Add (which on CPU keeps 16 bytes per element allocated); float16 under mixed
+        return ops.bias_add(fused + fused_c1, ops.cast(shift, fused_c1.dtype))
 
     def _fused_source(self, feature_map, projection, fuse_weight, slot):
         """(W_slot P) c at c's resolution, and W_slot b, for the source in concat position `slot`."""

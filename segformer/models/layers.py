@@ -15,6 +15,8 @@ from mindspore import Parameter, mint, nn, ops
 from mindspore.common.initializer import Normal, TruncatedNormal, initializer
 
 FORMULATIONS = ("conv", "matmul")
+SQRT1_2 = 0.7071067811865476   # 1 / sqrt(2), C's M_SQRT1_2
+GELU_PDF_SCALE = 0.3989422804014327   # 1 / sqrt(2 pi) = M_2_SQRTPI * M_SQRT1_2 * 0.5 (PyTorch's kBeta)
 
 
 def resolve_formulation(requested: Optional[str] = "auto", device: Optional[str] = None) -> str:
@@ -62,16 +64,40 @@ class ExactGELU(nn.Cell):
     """GELU with erf (the official nn.GELU; MindSpore's nn.GELU defaults to the tanh form).
 
     On Ascend the fused kernel of mint.nn.functional.gelu (documented for Ascend only, no CPU kernel);
-    elsewhere ops.gelu(approximate="none"), which MindSpore composes of erf, div, add and mul."""
+    elsewhere `ErfGELU`, PyTorch's CPU formulas written out."""
 
     def __init__(self, device: Optional[str] = None):
         super().__init__()
         self.fused = (device or ms.get_current_device().device_target) == "Ascend"
+        self.erf_gelu = ErfGELU()
 
     def construct(self, x):
         if self.fused:
             return mint.nn.functional.gelu(x, approximate="none")
-        return ops.gelu(x, approximate="none")
+        return self.erf_gelu(x)
+
+
+class ErfGELU(nn.Cell):
+    """x * 0.5 * (1 + erf(x / sqrt 2)) and its gradient as PyTorch's CPU kernels compute them.
+
+    Why not ops.gelu(approximate="none"): MindSpore composes it with a Div, and its CPU Div kernel keeps 16
+    bytes per output element allocated for the rest of the process; and differentiating the composition
+    keeps three activation-sized intermediates per layer for the backward, this backward only x
+    (docs/platform_notes.md, "Memory on CPU")."""
+
+    def construct(self, x):
+        return x * 0.5 * (1.0 + ops.erf(x * SQRT1_2))
+
+    def bprop(self, x, out, dout):
+        cdf = 0.5 * (1.0 + ops.erf(x * SQRT1_2))
+        pdf = ops.exp(x * x * -0.5) * GELU_PDF_SCALE
+        return (dout * (cdf + x * pdf),)
+
+
+def add_bias(tokens, bias):
+    """tokens [..., C] + bias [C] as one BiasAdd over a [-1, C] view. Why not `+`: on CPU a broadcasting
+    Add keeps 16 bytes per output element allocated for the rest of the process (docs/platform_notes.md)."""
+    return ops.bias_add(tokens.reshape(-1, tokens.shape[-1]), bias).reshape(tokens.shape)
 
 
 def in_dtype_of(activations, weight, bias):
@@ -121,7 +147,7 @@ class OverlapPatchConv(_ConvShapedParameters):
             columns = ops.unfold(image, self.kernel_size, padding=self.padding, stride=self.stride)
             flat_weight = weight.reshape(1, self.out_channels, -1)
             flat_weight = ops.broadcast_to(flat_weight, (batch,) + flat_weight.shape[1:])
-            tokens = self.columns_times_weight(columns, flat_weight) + bias
+            tokens = add_bias(self.columns_times_weight(columns, flat_weight), bias)
         else:
             feature_map = ops.bias_add(self.conv2d(image, weight), bias)
             tokens = feature_map.reshape(batch, self.out_channels, -1).transpose(0, 2, 1)
@@ -159,7 +185,7 @@ class SpatialReductionConv(_ConvShapedParameters):
             patches = grid.reshape(batch, out_height, ratio, out_width, ratio, channels)
             patches = patches.transpose(0, 1, 3, 2, 4, 5).reshape(batch, out_height * out_width, -1)
             flat_weight = weight.transpose(0, 2, 3, 1).reshape(channels, -1)
-            return ops.matmul(patches, flat_weight.T) + bias
+            return add_bias(ops.matmul(patches, flat_weight.T), bias)
         feature_map = tokens.transpose(0, 2, 1).reshape(batch, channels, height, width)
         reduced = ops.bias_add(self.conv2d(feature_map, weight), bias)
         return reduced.reshape(batch, channels, -1).transpose(0, 2, 1)
@@ -168,10 +194,9 @@ class SpatialReductionConv(_ConvShapedParameters):
 class DepthwiseConv3x3(_ConvShapedParameters):
     """3x3 depthwise conv (padding 1, groups = channels, with bias): NCHW map -> NCHW map.
 
-    "conv": the grouped conv kernel. "matmul": im2col (ops.unfold, [B, C*9, HW]) viewed as [B, C, 9, HW],
-    then each channel's 9 taps times its 9 weights as one broadcast batched matmul (about 7x faster than
-    MindSpore's grouped conv kernel on CPU at SegFormer's stage-1 shapes). The weight keeps the
-    grouped-conv layout [C, 1, 3, 3].
+    "conv": the grouped conv kernel. "matmul": `DepthwiseTapsProduct`, im2col and a batched matmul per
+    channel (about 7x faster than MindSpore's grouped conv kernel on CPU at SegFormer's stage-1 shapes).
+    The weight keeps the grouped-conv layout [C, 1, 3, 3].
     """
 
     def __init__(self, channels: int, formulation: str):
@@ -179,16 +204,50 @@ class DepthwiseConv3x3(_ConvShapedParameters):
         self.channels = channels
         self.use_matmul = resolve_formulation(formulation) == "matmul"
         self.conv2d = ops.Conv2D(channels, 3, mode=1, pad_mode="pad", pad=1, stride=1, group=channels)
+        self.taps_product = DepthwiseTapsProduct(channels)
 
     def construct(self, feature_map):
         weight, bias = in_dtype_of(feature_map, self.weight, self.bias)
         if not self.use_matmul:
             return ops.bias_add(self.conv2d(feature_map, weight), bias)
         batch, _, height, width = feature_map.shape
-        taps = ops.unfold(feature_map, 3, padding=1).reshape(batch, self.channels, 9, height * width)
-        filtered = ops.matmul(weight.reshape(1, self.channels, 1, 9), taps)
-        filtered = filtered.reshape(batch, self.channels, height * width) + bias.reshape(1, -1, 1)
-        return filtered.reshape(batch, self.channels, height, width)
+        filtered = self.taps_product(feature_map, weight).reshape(batch, self.channels, height * width)
+        return ops.bias_add(filtered, bias).reshape(batch, self.channels, height, width)
+
+
+class DepthwiseTapsProduct(nn.Cell):
+    """Bias-free 3x3 depthwise conv as im2col (ops.unfold, viewed as [B, C, 9, HW]) times each channel's 9
+    weights (one BatchMatMul on the explicitly broadcast weight; ops.matmul's own broadcasting would make
+    the backward transpose the taps, and a CPU Transpose keeps 8 bytes per element allocated).
+
+    The backward is written out so that it needs only the input map: the taps, 9x the map, are rebuilt
+    there instead of being kept from the forward for every block until the backward reaches it
+    (autodiff keeps them: the weight's gradient reads them). Input gradient: the same product of the
+    output gradient's taps with the 180-degree-rotated kernel (the adjoint of a padded correlation)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.channels = channels
+        self.weight_times_taps = ops.BatchMatMul()
+        self.gradient_times_taps = ops.BatchMatMul(transpose_b=True)
+
+    def taps(self, feature_map):
+        batch, _, height, width = feature_map.shape
+        return ops.unfold(feature_map, 3, padding=1).reshape(batch, self.channels, 9, height * width)
+
+    def per_sample(self, weight, batch):
+        return ops.broadcast_to(weight.reshape(1, self.channels, 1, 9), (batch, self.channels, 1, 9))
+
+    def construct(self, feature_map, weight):
+        """[B, C, H, W] map, [C, 1, 3, 3] weight -> [B, C, 1, H*W]."""
+        return self.weight_times_taps(self.per_sample(weight, feature_map.shape[0]), self.taps(feature_map))
+
+    def bprop(self, feature_map, weight, out, dout):
+        batch, _, height, width = feature_map.shape
+        weight_grad = self.gradient_times_taps(dout, self.taps(feature_map)).sum(axis=0).reshape(weight.shape)
+        rotated = weight.reshape(self.channels, 9)[:, ::-1]
+        map_grad = self.weight_times_taps(self.per_sample(rotated, batch), self.taps(dout.reshape(feature_map.shape)))
+        return map_grad.reshape(feature_map.shape), weight_grad
 
 
 def batched_weight(weight, batch: int):
@@ -212,12 +271,12 @@ class ChannelsFirstLinear(nn.Cell):
     def tokens_to_map(self, tokens, weight, bias):
         """Linear on tokens [B, N, in], result channels-first [B, out, N]."""
         weight, bias = in_dtype_of(tokens, weight, bias)
-        return self.weight_times_tokens(batched_weight(weight, tokens.shape[0]), tokens) + bias.reshape(1, -1, 1)
+        return ops.bias_add(self.weight_times_tokens(batched_weight(weight, tokens.shape[0]), tokens), bias)
 
     def map_to_tokens(self, feature_map, weight, bias):
         """Linear on channels-first [B, in, N], result as tokens [B, N, out]."""
         weight, bias = in_dtype_of(feature_map, weight, bias)
-        return self.map_times_weight(feature_map, batched_weight(weight, feature_map.shape[0])) + bias
+        return add_bias(self.map_times_weight(feature_map, batched_weight(weight, feature_map.shape[0])), bias)
 
     def map_to_map(self, feature_map, weight):
         """Linear (no bias) on channels-first [B, in, N], result channels-first [B, out, N]."""

@@ -62,8 +62,16 @@ class Attention(nn.Cell):
             self.sr = SpatialReductionConv(dim, sr_ratio, formulation)
             self.norm = layer_norm(dim, REDUCTION_NORM_EPS)
         self.scores = ops.BatchMatMul(transpose_b=True)
+        self.channels_first = resolve_formulation(formulation) == "matmul"
+        if self.channels_first:
+            self.linear = ChannelsFirstLinear()
+            self.softmax = RowSoftmax()
+            self.query_dot_keys = ops.BatchMatMul(transpose_a=True)
+            self.values_times_weights = ops.BatchMatMul(transpose_b=True)
 
     def construct(self, tokens, height, width):
+        if self.channels_first:
+            return self._channels_first(tokens, height, width)
         batch, num_tokens, _ = tokens.shape
         query = self.q(tokens).reshape(batch, num_tokens, self.num_heads, self.head_dim).transpose(0, 2, 1, 3)
         context = tokens
@@ -77,6 +85,39 @@ class Attention(nn.Cell):
         weights = ops.cast(ops.softmax(ops.cast(scores, ms.float32), axis=-1), value.dtype)
         attended = ops.matmul(weights, value).transpose(0, 2, 1, 3).reshape(batch, num_tokens, self.dim)
         return self.proj(attended)
+
+    def _channels_first(self, tokens, height, width):
+        """The same attention without a Transpose kernel (on CPU each keeps 8 bytes per element allocated for
+        the rest of the process): queries, keys and values channels-first [B * heads, head_dim, tokens] (a
+        reshape of [B, C, tokens]: channel h * head_dim + j, the official head split), the products reading
+        their operands transposed."""
+        batch, num_tokens, _ = tokens.shape
+        heads, head_dim = self.num_heads, self.head_dim
+        query = self.linear.tokens_to_map(tokens, self.q.weight, self.q.bias)
+        context = tokens
+        if self.sr_ratio > 1:
+            context = self.norm(self.sr(tokens, height, width))
+        key_value = self.linear.tokens_to_map(context, self.kv.weight, self.kv.bias)   # rows 0:C key, C:2C value
+        num_keys = key_value.shape[2]
+        key = key_value[:, :self.dim].reshape(batch * heads, head_dim, num_keys)
+        value = key_value[:, self.dim:].reshape(batch * heads, head_dim, num_keys)
+        scores = self.query_dot_keys(query.reshape(batch * heads, head_dim, num_tokens), key) * self.scale
+        weights = ops.cast(self.softmax(ops.cast(scores, ms.float32)), value.dtype)   # float32 as above
+        attended = self.values_times_weights(value, weights).reshape(batch, self.dim, num_tokens)
+        return self.linear.map_to_tokens(attended, self.proj.weight, self.proj.bias)
+
+
+class RowSoftmax(nn.Cell):
+    """Softmax over the last axis with its gradient written out, out * (dout - sum(dout * out)), the row sums
+    broadcast explicitly: MindSpore's own backward subtracts them with a broadcasting Sub, which on CPU keeps
+    16 bytes per element of the attention scores allocated for the rest of the process."""
+
+    def construct(self, scores):
+        return ops.softmax(scores, axis=-1)
+
+    def bprop(self, scores, out, dout):
+        row_sums = (dout * out).sum(axis=-1, keepdims=True)
+        return (out * (dout - ops.broadcast_to(row_sums, dout.shape)),)
 
 
 class DWConv(nn.Cell):

@@ -20,7 +20,7 @@ _STREAM = 0x5E6F
 
 
 class _Drop(nn.Cell):
-    """x / keep_prob * keep, keep in {0, 1} of shape `mask_shape(x)` drawn outside the graph. Identity in
+    """x * keep / keep_prob, keep in {0, 1} of shape `mask_shape(x)` drawn outside the graph. Identity in
     eval mode or at drop probability 0."""
 
     def __init__(self, drop_prob: float = 0.0):
@@ -34,7 +34,10 @@ class _Drop(nn.Cell):
         if keep is None:
             raise ValueError("drop path / dropout in training needs its keep mask "
                              "(see segformer.models.stochastic.draw_masks)")
-        return x / self.keep_prob * ops.cast(keep, x.dtype).reshape(self.mask_shape(x))
+        # keep / keep_prob on the small mask, then one same-shape product: on CPU a broadcasting Mul (and any
+        # Div) keeps 16 bytes per output element allocated for the rest of the process
+        scale = ops.cast(keep, x.dtype).reshape(self.mask_shape(x)) * (1.0 / self.keep_prob)
+        return x * ops.broadcast_to(scale, x.shape)
 
     def extend_repr(self):
         return f"drop_prob={self.drop_prob}"
