@@ -58,9 +58,9 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     format by extension (cv2.imwrite, mindspore.save_checkpoint) behave as for the real name.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     suffix = path.suffix if suffix is None else suffix
     with _naming_the_output(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
         _remove_leftovers(path)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
         os.close(fd)
@@ -94,8 +94,8 @@ def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     if path.exists() and (not path.is_dir() or any(path.iterdir())):
         raise FileExistsError(f"{path}: exists and is not an empty folder")
-    path.parent.mkdir(parents=True, exist_ok=True)
     with _naming_the_output(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
         _remove_leftovers(path)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
         os.chmod(tmp, 0o777 & ~_UMASK)  # mkdtemp makes 0700

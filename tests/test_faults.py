@@ -1,14 +1,17 @@
 """Faults anywhere in the workflow: Snakemake's whole process group hard-killed (SIGKILL) while a stage
 runs, then `--unlock` and `--rerun-incomplete`, as a user recovers. One chain of kills through one tiny
-b0 demo run (labels, training after its first checkpoint, evaluation, rendering, export), then a run to
-the end: every output complete and readable, training resumed from its last checkpoint instead of
-starting over, every iteration once in train_log.csv, and nothing left to do.
+b0 demo run (labels, training after its first checkpoint, evaluation, rendering, export, the summary
+table), then a run to the end: every output complete and readable, training resumed from its last
+checkpoint instead of starting over, every iteration once in train_log.csv, the table from the final
+scores, and nothing left to do.
 
-And a results folder that cannot be written: the stage fails naming the path, nothing looks finished."""
+And a results folder that cannot be written (a full disk, no permission): the stage fails naming the
+path, nothing looks finished."""
 
 import csv
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -30,15 +33,19 @@ TINY = {
 }
 COMMAND = [sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", "tiny.yaml"]
 
-# Kill points, in the order the run reaches them: (name, the file whose appearance means "now").
-# A stage's log appears when its job starts; training is killed once it has a checkpoint to resume from.
+# Kill points, in the order the run reaches them: (name, what means "now": a file's appearance, or for a
+# script the job's Python process running it). A stage's log appears when its job starts; training is
+# killed once it has a checkpoint to resume from. The summary takes about a second and may start beside
+# export (it needs only miou.csv), so it is caught by its process: started, and alive, so not finished.
 KILL_POINTS = [
     ("label conversion", "results/logs/convert_labels.log"),
     ("training", "results/b0/train_state/state_00000002.ckpt"),
     ("evaluation", "results/logs/evaluate_b0.log"),
     ("rendering", "results/logs/infer_b0.log"),
     ("export", "results/logs/export_b0.log"),
+    ("summary", "workflow_scripts/summarize.py"),
 ]
+SUMMARY_OUTPUTS = ["results/summary.csv", "results/summary.md", "results/miou.png"]
 
 
 def start(workdir: Path, *extra: str) -> subprocess.Popen:
@@ -46,10 +53,25 @@ def start(workdir: Path, *extra: str) -> subprocess.Popen:
                             text=True, start_new_session=True)
 
 
-def kill_when(process: subprocess.Popen, marker: Path, timeout_s: float = 400) -> bool:
-    """SIGKILL the process group as soon as `marker` exists; False if the run ended first."""
+def runs(group: int, script: str) -> bool:
+    """Whether a process of this process group is `python .../script ...` (not the shell that starts it)."""
+    for entry in Path("/proc").iterdir():
+        try:
+            if not entry.name.isdigit() or os.getpgid(int(entry.name)) != group:
+                continue
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:  # gone meanwhile
+            continue
+        if len(argv) > 1 and argv[1].endswith(script.encode()):
+            return True
+    return False
+
+
+def kill_when(process: subprocess.Popen, workdir: Path, marker: str, timeout_s: float = 400) -> bool:
+    """SIGKILL the process group as soon as `marker` exists (a script: runs); False if the run ended first."""
     deadline = time.time() + timeout_s
-    while not marker.exists():
+    now = (lambda: runs(process.pid, marker)) if marker.endswith(".py") else (workdir / marker).exists
+    while not now():
         if process.poll() is not None:
             return False
         assert time.time() < deadline, f"{marker} did not appear within {timeout_s} s"
@@ -75,8 +97,10 @@ def test_hard_kills_anywhere_then_unlock_and_rerun_incomplete_finish_correctly(w
     extra = ()
     for name, marker in KILL_POINTS:
         process = start(workdir, *extra)
-        if kill_when(process, workdir / marker):
+        if kill_when(process, workdir, marker):
             killed.append(name)
+            if name == "summary":  # inside it: the job had started, its outputs were not finished
+                assert not [o for o in SUMMARY_OUTPUTS if (workdir / o).exists()], "summary finished first"
             unlock = run(workdir, "--unlock")
             assert unlock.returncode == 0, unlock.stdout + unlock.stderr
             extra = ("--rerun-incomplete",)
@@ -101,6 +125,9 @@ def test_hard_kills_anywhere_then_unlock_and_rerun_incomplete_finish_correctly(w
         assert cv2.imread(str(png), cv2.IMREAD_UNCHANGED) is not None, f"{png} is truncated"
     assert (results / "b0" / "segformer_b0.mindir").stat().st_size > 100_000
     assert (results / "summary.md").read_text().strip()
+    # the table is the final scores' (not stale) and the summary's log is the rerun's own
+    assert (results / "summary.csv").read_text() == (results / "b0" / "miou.csv").read_text()
+    assert "summary of b0" in (results / "logs" / "summary.log").read_text()
     leftovers = [p for p in results.rglob("*") if ".tmp" in p.name or p.name.startswith(".staging")]
     assert not leftovers, leftovers
     again = run(workdir, "-n")
@@ -118,22 +145,27 @@ def full_disk(limit: int):
     return apply
 
 
-@pytest.mark.parametrize("stage, limit", [("export", 64 * 1024), ("infer", 1024), ("train", 64 * 1024)])
-def test_a_full_disk_fails_the_stage_naming_the_path_and_leaves_nothing_finished(workdir, stage, limit, tmp_path):
-    """After the run above, a stage writing into a full disk: non-zero exit, the path named, no output."""
+def stage_command(workdir: Path, stage: str, out: Path) -> list[str]:
+    """A stage of the run above, by hand, writing `out` (export: the graph; infer, train: the folder)."""
     results = workdir / "results"
-    script = workdir / "workflow_scripts" / f"{stage}.py"
-    out = tmp_path / "out"
-    out.mkdir()
     args = {
-        "export": ["--variant", "b0", "--ckpt", results / "b0" / "model.ckpt", "--out", out / "b0.mindir",
+        "export": ["--variant", "b0", "--ckpt", results / "b0" / "model.ckpt", "--out", out,
                    "--height", "64", "--width", "128"],
         "infer": ["--variant", "b0", "--ckpt", results / "b0" / "model.ckpt", "--images",
-                  results / "demo" / "cityscapes" / "leftImg8bit" / "val", "--out_dir", out / "infer"],
+                  results / "demo" / "cityscapes" / "leftImg8bit" / "val", "--out_dir", out],
         "train": ["--variant", "b0", "--settings", json.dumps(TINY["train"] | {"iterations": 1}),
                   "--train_list", results / "data" / "train.txt", "--out_dir", out],
     }[stage]
-    result = subprocess.run([sys.executable, str(script), *map(str, args)], cwd=workdir, capture_output=True,
+    return [sys.executable, str(workdir / "workflow_scripts" / f"{stage}.py"), *map(str, args)]
+
+
+@pytest.mark.parametrize("stage, limit", [("export", 64 * 1024), ("infer", 1024), ("train", 64 * 1024)])
+def test_a_full_disk_fails_the_stage_naming_the_path_and_leaves_nothing_finished(workdir, stage, limit, tmp_path):
+    """After the run above, a stage writing into a full disk: non-zero exit, the path named, no output."""
+    out = tmp_path / "out"
+    out.mkdir()
+    target = {"export": out / "b0.mindir", "infer": out / "infer", "train": out}[stage]
+    result = subprocess.run(stage_command(workdir, stage, target), cwd=workdir, capture_output=True,
                             text=True, timeout=600, preexec_fn=full_disk(limit))
     assert result.returncode != 0
     assert str(out) in result.stderr, result.stderr[-3000:]
@@ -141,3 +173,39 @@ def test_a_full_disk_fails_the_stage_naming_the_path_and_leaves_nothing_finished
     finished = [p for p in out.rglob("*") if p.is_file() and p.stat().st_size > 0 and ".tmp" not in p.name
                 and p.name != "train_log.csv" and "train_state" not in p.parts]
     assert not finished, finished
+
+
+def without_dac_override() -> list[str]:
+    """A command prefix under which permission bits hold: root ignores them (CAP_DAC_OVERRIDE,
+    CAP_DAC_READ_SEARCH), so for root the child runs without those capabilities; the folder's owner
+    then obeys its owner bits like anyone."""
+    if os.geteuid() != 0:
+        return []
+    if shutil.which("setpriv") is None:
+        pytest.skip("running as root, without setpriv to drop CAP_DAC_OVERRIDE")
+    caps = "-dac_override,-dac_read_search"
+    return ["setpriv", f"--inh-caps={caps}", f"--bounding-set={caps}", "--"]
+
+
+@pytest.mark.parametrize("stage", ["infer", "export"])
+def test_a_read_only_results_folder_fails_the_stage_naming_the_path_and_leaves_nothing(workdir, stage, tmp_path):
+    """After the run above, a stage whose results folder is read-only (0o555): non-zero exit, the path named,
+    no traceback, nothing written. The rendering's folder would go right in it; the graph in a folder that
+    would have to be made in it."""
+    out = tmp_path / "results"
+    out.mkdir()
+    target = {"infer": out / "infer", "export": out / "b0" / "segformer_b0.mindir"}[stage]
+    prefix = without_dac_override()
+    out.chmod(0o555)
+    try:
+        probe = subprocess.run([*prefix, "touch", str(out / "probe")], capture_output=True, text=True)
+        if probe.returncode == 0 or "Permission denied" not in probe.stderr:
+            pytest.skip(f"cannot make a folder unwritable here: {probe.stderr.strip() or 'touch wrote into it'}")
+        result = subprocess.run([*prefix, *stage_command(workdir, stage, target)], cwd=workdir,
+                                capture_output=True, text=True, timeout=600)
+    finally:
+        out.chmod(0o755)
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert f"{target}: cannot be written (Permission denied)" in result.stderr, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert not list(out.iterdir())

@@ -204,9 +204,9 @@ def test_formulations_agree_in_outputs_gradients_names_and_shapes():
     np.testing.assert_allclose(matmul_out, conv_out, rtol=1e-4, atol=1e-4)
     assert matmul_loss == pytest.approx(conv_loss, rel=1e-5)
     names = [p.name for p in conv_net.trainable_params()]
-    for name, g_conv, g_matmul in zip(names, conv_grads, matmul_grads):
-        scale = np.abs(g_conv).max() + 1e-12
-        assert np.abs(g_matmul - g_conv).max() / scale < 1e-3, name
+    relative = sorted(((float(np.abs(g_matmul - g_conv).max() / (np.abs(g_conv).max() + 1e-12)), name)
+                       for name, g_conv, g_matmul in zip(names, conv_grads, matmul_grads)), reverse=True)
+    assert relative[0][0] < 1e-3, f"largest relative gradient differences: {relative[:5]}"   # measured < 2e-5
 
 
 HF_PREFIXES = [(r"^backbone\.patch_embed(\d)\.norm\.", "segformer.stages.{}.patch_embeddings.layer_norm."),

@@ -245,7 +245,7 @@ class DepthwiseTapsProduct(nn.Cell):
     def bprop(self, feature_map, weight, out, dout):
         batch, _, height, width = feature_map.shape
         weight_grad = self.gradient_times_taps(dout, self.taps(feature_map)).sum(axis=0).reshape(weight.shape)
-        rotated = weight.reshape(self.channels, 9)[:, ::-1]
+        rotated = ops.flip(weight, (2, 3))   # a new tensor (a reversed slice would be a strided view in PyNative)
         map_grad = self.weight_times_taps(self.per_sample(rotated, batch), self.taps(dout.reshape(feature_map.shape)))
         return map_grad.reshape(feature_map.shape), weight_grad
 
