@@ -186,6 +186,11 @@ def test_formulations_agree_in_outputs_gradients_names_and_shapes():
     conv_net = build_model("b0", formulation="conv")
     matmul_net = build_model("b0", formulation="matmul")
     perturb_parameters(conv_net)
+    # Every BN output of the head positive (they span about -13..10 here), so that the ReLU behind it has no
+    # pixel at its kink: the two formulations round differently, and a pre-activation within rounding of 0
+    # gates a pixel in one and not the other (a full-suite run saw 2.6e-3 gradient differences from that).
+    beta = conv_net.decode_head.linear_fuse.bn.beta
+    beta.set_data(beta.value() + 20.0)
     copy_parameters(conv_net, matmul_net)
     assert names_and_shapes(conv_net) == names_and_shapes(matmul_net)
     image = random_image((1, 3, 70, 90))   # 18 x 23 tokens at stage 1: the 8x8 reduction drops a border
