@@ -236,7 +236,7 @@ class DepthwiseTapsProduct(nn.Cell):
         return ops.unfold(feature_map, 3, padding=1).reshape(batch, self.channels, 9, height * width)
 
     def per_sample(self, weight, batch):
-        return ops.broadcast_to(weight.reshape(1, self.channels, 1, 9), (batch, self.channels, 1, 9))
+        return batched_weight(weight.reshape(self.channels, 1, 9), batch)
 
     def construct(self, feature_map, weight):
         """[B, C, H, W] map, [C, 1, 3, 3] weight -> [B, C, 1, H*W]."""
