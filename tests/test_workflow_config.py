@@ -97,6 +97,24 @@ def test_512x1024_preset_is_the_official_b0_512x1024_recipe():
     assert different == {"crop_size", "base_scale"}
 
 
+def test_rehearsal_is_the_official_recipe_at_full_size_for_a_few_iterations():
+    """configs/rehearsal.yaml departs from cityscapes.yaml only in the data (generated 2048x1024 frames), one
+    device, and the length of training: every variant the same two iterations, the demo's shortening undone."""
+    from segformer.settings import load_config, train_settings
+
+    paths = [ROOT / "config.yaml", ROOT / "configs/cityscapes.yaml"]
+    official = load_config(paths)
+    config = load_config([*paths, ROOT / "configs/rehearsal.yaml"])
+    assert (config["demo"]["width"], config["demo"]["height"], config["dataset_root"]) == (2048, 1024, None)
+    assert config["variants"] == official["variants"] and config["evaluate"] == official["evaluate"]
+    assert config["export"] == official["export"] and config["devices"] == 1
+    for variant in config["variants"]:
+        settings = train_settings(config, variant)
+        assert settings["iterations"] == 2, variant
+        different = {key for key in settings if settings[key] != official["train"][key]}
+        assert different == {"iterations", "checkpoint_interval", "log_interval"}, variant
+
+
 def test_training_validates_with_the_test_settings_only_when_it_validates():
     slide = snakemake("-n", "-p", "--forceall", "results/b0/model.ckpt", "--config",
                       "train={eval_interval: 4000}", "evaluate={mode: slide, crop_size: [64, 64], stride: [48, 48]}")

@@ -58,7 +58,7 @@ def score_predictions(pred_dir: str | os.PathLike, pairs: Pairs, num_classes: in
         raise FileNotFoundError(f"{len(missing)} of {len(pairs)} predictions missing: {shown}"
                                 + (" ..." if len(missing) > 5 else ""))
     matrix = ConfusionMatrix(num_classes)
-    progress = Progress(len(pairs), "scored", every=100)
+    progress = Progress(len(pairs), "scored", every=100, compiles=False)
     for path, (_, label_path) in zip(predictions, pairs):
         prediction, label = read_train_ids(path), read_train_ids(label_path)
         if prediction.shape != label.shape:

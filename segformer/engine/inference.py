@@ -195,11 +195,14 @@ class Progress:
     total: int
     what: str
     every: int = 10
+    compiles: bool = True  # the first item includes the model's graph compile (reported on its own line)
     start: float = field(default_factory=time.perf_counter)
     done: int = 0
 
     def step(self) -> None:
         self.done += 1
+        if self.done == 1 and self.compiles:
+            log.info("%s: first image %.1f s (graph compile included)", self.what, time.perf_counter() - self.start)
         if self.done % self.every and self.done != self.total:
             return
         elapsed = time.perf_counter() - self.start

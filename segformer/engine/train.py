@@ -275,6 +275,8 @@ def train(settings: dict, *, variant: str, train_list: str, val_list: str | None
                                            f"at its minimum {scaler.min_scale:g} (loss {loss_value}): training "
                                            f"stopped, no model written (lower the learning rate, or use fp32)")
         step_time = time.perf_counter() - step_start
+        if iteration == start_iteration:
+            log.info("first step %.1f s (the train step's graph compile included)", step_time)
         # mixed: a non-finite loss from a float16 overflow comes with an overflowed, skipped step
         if not math.isfinite(loss_value) and not overflow:
             raise TrainingDiverged(f"loss is {loss_value} at iteration {iteration}: training stopped, no model written "
