@@ -211,9 +211,11 @@ def inference_settings():
 
 def validation_flag(variant):
     """train.py's --validation: the `evaluate` section, with which the periodic validation during training
-    runs (as the official configs validate with their test settings). Only when that validation is on,
-    so that a change of `evaluate` retrains nothing otherwise."""
-    if not train_settings(variant)["eval_interval"]:
+    runs (as the official configs validate with their test settings). Only when that validation runs at
+    least once, so that a change of `evaluate` retrains nothing otherwise (a short run of a recipe that
+    validates every 4000 iterations, such as the full-size rehearsal, never validates)."""
+    settings = train_settings(variant)
+    if not settings["eval_interval"] or settings["eval_interval"] > settings["iterations"]:
         return ""
     return f"--validation {shlex.quote(inference_settings())}"
 

@@ -25,6 +25,7 @@ MindSpore is imported inside the functions: the slot functions work without it (
 
 from __future__ import annotations
 
+import ctypes
 import fcntl
 import os
 from pathlib import Path
@@ -290,6 +291,19 @@ def reserve_cpu_memory_pool() -> str:
     size = f"{max(2, physical // 2 ** 30)}GB"
     ms.runtime.set_memory(init_size=size)
     return size
+
+
+def release_freed_heap() -> bool:
+    """Return the heap pages the C allocator holds free to the system (glibc `malloc_trim(0)`, which since
+    glibc 2.8 releases free pages anywhere in the heap, not only at its top). MindSpore's graph compiler
+    frees about 0.35 GiB of scratch (b0) that glibc would otherwise keep. False where there is no
+    malloc_trim (not glibc): nothing done."""
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return False
+    trim(0)
+    return True
 
 
 def describe_device(settings: dict) -> str:

@@ -34,15 +34,15 @@ TINY = {
 COMMAND = [sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", "tiny.yaml"]
 
 # Kill points, in the order the run reaches them: (name, what means "now": a file's appearance, or for a
-# script the job's Python process running it). A stage's log appears when its job starts; training is
-# killed once it has a checkpoint to resume from. The summary takes about a second and may start beside
-# export (it needs only miou.csv), so it is caught by its process: started, and alive, so not finished.
+# script the job's Python process running it). Training is killed once it has a checkpoint to resume from;
+# every other stage while its Python process runs, so not finished. (Their logs would not do: a stage that
+# ran beside the previous kill point's stage has a log from that run before its job starts again.)
 KILL_POINTS = [
-    ("label conversion", "results/logs/convert_labels.log"),
+    ("label conversion", "workflow_scripts/convert_dataset.py"),
     ("training", "results/b0/train_state/state_00000002.ckpt"),
-    ("evaluation", "results/logs/evaluate_b0.log"),
-    ("rendering", "results/logs/infer_b0.log"),
-    ("export", "results/logs/export_b0.log"),
+    ("evaluation", "workflow_scripts/evaluate.py"),
+    ("rendering", "workflow_scripts/infer.py"),
+    ("export", "workflow_scripts/export.py"),
     ("summary", "workflow_scripts/summarize.py"),
 ]
 SUMMARY_OUTPUTS = ["results/summary.csv", "results/summary.md", "results/miou.png"]

@@ -230,3 +230,16 @@ def test_killed_worker_fails_the_job_promptly_and_the_rerun_resumes_exactly(tiny
     assert resumed.keys() == reference.keys()
     for name in reference:
         np.testing.assert_array_equal(resumed[name].asnumpy(), reference[name].asnumpy(), err_msg=name)
+
+
+def test_a_worker_killed_by_the_system_is_named_with_the_likely_cause(tmp_path):
+    """One device: train.py ended by SIGKILL (what the kernel's out-of-memory killer sends; b4 at 1024x1024
+    on a 24 GB machine) says nothing itself. The launcher names the signal and the likely cause, and exits
+    128 + 9 as a shell would."""
+    shutil.copy(ROOT / "workflow_scripts" / "launch_train.py", tmp_path / "launch_train.py")
+    (tmp_path / "train.py").write_text("import os, signal\nos.kill(os.getpid(), signal.SIGKILL)\n")
+    result = subprocess.run([sys.executable, str(tmp_path / "launch_train.py"), "--devices", "1", "--log_dir",
+                             str(tmp_path / "msrun"), "--", "--variant", "b0"], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 128 + signal.SIGKILL
+    assert "train.py was killed by SIGKILL" in result.stderr and "out of memory" in result.stderr, result.stderr

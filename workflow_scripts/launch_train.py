@@ -21,8 +21,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from segformer.engine.launch import (FAILURE_GRACE_S, describe, log_files, run_msrun, slurm_master_addr,
-                                     train_command)
+from segformer.engine.launch import (FAILURE_GRACE_S, describe, explain_exit, log_files, run_msrun,
+                                     slurm_master_addr, train_command)
 
 TRAIN_SCRIPT = str(Path(__file__).with_name("train.py"))
 
@@ -66,7 +66,10 @@ def main(argv=None) -> int:
 
         environment = {**os.environ, **visible_devices_env(device, args.devices)}  # locks held until we exit
     if args.devices * args.nodes == 1:
-        return subprocess.call(command, env=environment)
+        returncode, why = explain_exit(subprocess.call(command, env=environment))
+        if why:
+            print(why, file=sys.stderr, flush=True)
+        return returncode
     returncode = run_msrun(command, failure_grace_s=args.failure_grace_s, env=environment)
     logs = ", ".join(path.name for path in log_files(args.log_dir))
     print(f"launch: exit status {returncode}; msrun's logs (shown above as they were written): "

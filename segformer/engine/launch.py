@@ -133,6 +133,20 @@ class _ProcessTree:
                     pass
 
 
+def explain_exit(returncode: int, what: str = "train.py") -> tuple[int, str | None]:
+    """A child's exit status as a shell reports it (128 + N for signal N), and a line saying why when a
+    signal ended it: SIGKILL with no message of its own is most often the kernel's out-of-memory killer."""
+    if returncode >= 0:
+        return returncode, None
+    number = -returncode
+    name = signal.Signals(number).name if number in signal.valid_signals() else f"signal {number}"
+    line = f"launch: {what} was killed by {name}"
+    if number == signal.SIGKILL:
+        line += (" (with no error of its own: most often the system ran out of memory; `dmesg` names the "
+                 "out-of-memory kill. A smaller crop_size or batch_size, or a machine with more memory, is the way on)")
+    return 128 + number, line
+
+
 def run_msrun(command: list[str], *, failure_grace_s: float = FAILURE_GRACE_S, poll_s: float = 0.5,
               env: dict | None = None, stderr=None) -> int:
     """Run an msrun command line, bounded: returns its exit status, or non-zero once a worker failed.

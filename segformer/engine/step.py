@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import mindspore as ms
 from mindspore import nn, ops
 
+from segformer.devices import release_freed_heap
 from segformer.models.sync_bn import AllReduceBatchNorm2d, world_group
 
 # Cells that compute in float32 under mixed precision: amp's own black list (BatchNorm1d/2d/3d,
@@ -106,10 +107,20 @@ class TrainStep(nn.Cell):
         self.value_and_grad = ops.value_and_grad(self.net_with_loss, None, self.weights, has_aux=True)
         self.apply_gradients = ApplyGradients(optimizer, world_size, grad_accum, check_overflow)
         self.grad_accum = grad_accum
+        self._compiled = False
         if grad_accum > 1:
             self.sums = self.weights.clone(prefix="grad_sum", init="zeros")
             self.hyper_map = ops.HyperMap()
             self.apply_sums = _ApplySums(self.apply_gradients, self.sums)
+
+    def __call__(self, *args):
+        # Graph mode: the first call compiles apart from running, and the heap the compiler freed goes back
+        # to the system before the step's tensors take their memory (else it stays in the process's peak).
+        if not self._compiled and ms.get_context("mode") == ms.GRAPH_MODE:
+            self.compile(*args)
+            release_freed_heap()
+            self._compiled = True
+        return super().__call__(*args)
 
     def construct(self, loss_scale, image, label, *net_inputs):
         (_, loss), grads = self.value_and_grad(loss_scale, image, label, *net_inputs)
