@@ -33,10 +33,10 @@ TINY = {
 }
 COMMAND = [sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", "tiny.yaml"]
 
-# Kill points, in the order the run reaches them: (name, what means "now": a file's appearance, or for a
-# script the job's Python process running it). Training is killed once it has a checkpoint to resume from;
-# every other stage while its Python process runs, so not finished. (Their logs would not do: a stage that
-# ran beside the previous kill point's stage has a log from that run before its job starts again.)
+# Kill points: (name, what means "now": a file's appearance, or for a script the job's Python process
+# running it). Training is killed once it has a checkpoint to resume from; every other stage while its
+# Python process runs, so not finished. (Their logs would not do: a stage that ran beside an earlier kill
+# point's stage has a log from that run before its job starts again.)
 KILL_POINTS = [
     ("label conversion", "workflow_scripts/convert_dataset.py"),
     ("training", "results/b0/train_state/state_00000002.ckpt"),
@@ -53,8 +53,9 @@ def start(workdir: Path, *extra: str) -> subprocess.Popen:
                             text=True, start_new_session=True)
 
 
-def runs(group: int, script: str) -> bool:
-    """Whether a process of this process group is `python .../script ...` (not the shell that starts it)."""
+def scripts_running(group: int) -> list[str]:
+    """The scripts that processes of this process group run as `python script ...` (not the shells)."""
+    scripts = []
     for entry in Path("/proc").iterdir():
         try:
             if not entry.name.isdigit() or os.getpgid(int(entry.name)) != group:
@@ -62,23 +63,28 @@ def runs(group: int, script: str) -> bool:
             argv = (entry / "cmdline").read_bytes().split(b"\0")
         except OSError:  # gone meanwhile
             continue
-        if len(argv) > 1 and argv[1].endswith(script.encode()):
-            return True
-    return False
+        if len(argv) > 1:
+            scripts.append(argv[1].decode(errors="replace"))
+    return scripts
 
 
-def kill_when(process: subprocess.Popen, workdir: Path, marker: str, timeout_s: float = 400) -> bool:
-    """SIGKILL the process group as soon as `marker` exists (a script: runs); False if the run ended first."""
+def kill_at_any(process: subprocess.Popen, workdir: Path, markers: dict[str, str], timeout_s: float = 400) -> list[str]:
+    """SIGKILL the process group as soon as any marker holds (a file: exists; a script: runs); the names of
+    those that held then, none if the run ended first."""
     deadline = time.time() + timeout_s
-    now = (lambda: runs(process.pid, marker)) if marker.endswith(".py") else (workdir / marker).exists
-    while not now():
+    while True:
+        running = scripts_running(process.pid)
+        held = [name for name, marker in markers.items()
+                if (any(script.endswith(marker) for script in running) if marker.endswith(".py")
+                    else (workdir / marker).exists())]
+        if held:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+            return held
         if process.poll() is not None:
-            return False
-        assert time.time() < deadline, f"{marker} did not appear within {timeout_s} s"
+            return []
+        assert time.time() < deadline, f"none of {list(markers)} happened within {timeout_s} s"
         time.sleep(0.05)
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
-    return True
 
 
 def run(workdir: Path, *args: str) -> subprocess.CompletedProcess:
@@ -93,18 +99,22 @@ def workdir(tmp_path_factory):
 
 
 def test_hard_kills_anywhere_then_unlock_and_rerun_incomplete_finish_correctly(workdir):
-    killed = []
+    # Stages that may run side by side (evaluation, rendering, export) start in Snakemake's order, not ours:
+    # each run is killed as soon as any stage not yet killed is at its kill point.
+    remaining = dict(KILL_POINTS)
     extra = ()
-    for name, marker in KILL_POINTS:
+    while remaining:
         process = start(workdir, *extra)
-        if kill_when(process, workdir, marker):
-            killed.append(name)
-            if name == "summary":  # inside it: the job had started, its outputs were not finished
-                assert not [o for o in SUMMARY_OUTPUTS if (workdir / o).exists()], "summary finished first"
-            unlock = run(workdir, "--unlock")
-            assert unlock.returncode == 0, unlock.stdout + unlock.stderr
-            extra = ("--rerun-incomplete",)
-    assert killed == [name for name, _ in KILL_POINTS], f"killed during {killed} only"
+        caught = kill_at_any(process, workdir, remaining)
+        if not caught:
+            pytest.fail(f"the run ended before {list(remaining)} were caught:\n{process.stdout.read()[-3000:]}")
+        if "summary" in caught:  # inside it: the job had started, its outputs were not finished
+            assert not [o for o in SUMMARY_OUTPUTS if (workdir / o).exists()], "summary finished first"
+        for name in caught:
+            del remaining[name]
+        unlock = run(workdir, "--unlock")
+        assert unlock.returncode == 0, unlock.stdout + unlock.stderr
+        extra = ("--rerun-incomplete",)
 
     final = run(workdir, "--rerun-incomplete")
     assert final.returncode == 0, final.stdout[-3000:] + final.stderr[-3000:]

@@ -291,7 +291,7 @@ def train(settings: dict, *, variant: str, train_list: str, val_list: str | None
             mean_step = (now - window_start) / window_steps
             window_start, window_steps = now, 0
             eta = mean_step * (iterations - done)
-            log.info("iter %d/%d  loss %.4f  lr %.3e  %.2f s/it  %.1f img/s  eta %s", done, iterations, loss_value,
+            log.info("iter %d/%d  loss %.4f  lr %.3e  %.2f s/it  %.2f img/s  eta %s", done, iterations, loss_value,
                      optimizer.get_lr(), mean_step, global_batch / mean_step, format_eta(eta))
         if dist.is_main:
             train_log.append({"iteration": done, "lr": schedule(iteration), "loss": loss_value,
