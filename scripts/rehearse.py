@@ -8,9 +8,10 @@ Runs Snakemake (one job at a time) in WORKDIR with configs/cityscapes.yaml + con
 2. `all`: every variant trains two iterations at 1024x1024, evaluates with sliding 1024 windows over the
    2048x1024 frames, renders, exports its graph at [1024, 2048]; the summary table;
 3. b0 again with configs/multi_scale.yaml: seven scales and their flips (evaluation only reruns).
-Prints each job's wall time and peak memory (Snakemake's benchmark files) and the first-step (graph compile)
-lines of the logs, as a markdown table, also written to WORKDIR/rehearsal.md. Exit status 0 only when every
-phase finished and b0 resumed. Needs about 20 GB free for b5's training; takes about an hour on 2 cores.
+Prints each job's wall time (Snakemake's benchmark files), peak memory (the line each stage script logs at
+exit) and first-step (graph compile) time, as a markdown table, also written to WORKDIR/rehearsal.md. Exit
+status 0 only when every phase finished and b0 resumed. Training at 1024x1024 peaks at 4.7 / 6.8 / 12.2 /
+18.5 GiB for b0-b3 (b0-b3 take 22 minutes on 2 cores); b4 and b5 need more than 24 GB (benchmarks/README.md).
 """
 
 import argparse

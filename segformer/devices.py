@@ -295,9 +295,9 @@ def reserve_cpu_memory_pool() -> str:
 
 def release_freed_heap() -> bool:
     """Return the heap pages the C allocator holds free to the system (glibc `malloc_trim(0)`, which since
-    glibc 2.8 releases free pages anywhere in the heap, not only at its top). MindSpore's graph compiler
-    frees about 0.35 GiB of scratch (b0) that glibc would otherwise keep. False where there is no
-    malloc_trim (not glibc): nothing done."""
+    glibc 2.8 releases free pages anywhere in the heap, not only at its top): called between the train
+    step's graph compile and its first run, it took 82 MiB off b0's peak at 1024x1024. False where there
+    is no malloc_trim (not glibc): nothing done."""
     try:
         trim = ctypes.CDLL(None).malloc_trim
     except (OSError, AttributeError):
