@@ -89,9 +89,18 @@ class ErfGELU(nn.Cell):
         return x * 0.5 * (1.0 + ops.erf(x * SQRT1_2))
 
     def bprop(self, x, out, dout):
+        x = after(x, dout)
         cdf = 0.5 * (1.0 + ops.erf(x * SQRT1_2))
         pdf = ops.exp(x * x * -0.5) * GELU_PDF_SCALE
         return (dout * (cdf + x * pdf),)
+
+
+def after(tensor, dout):
+    """`tensor`, to be used only once `dout` exists. A written-out backward that recomputes part of its
+    forward reads its inputs through this: else the graph compiler merges the recomputation with the
+    forward's identical expression (common subexpression elimination), and the forward's result stays
+    allocated from the forward to the backward after all."""
+    return ops.depend(tensor, dout)
 
 
 def add_bias(tokens, bias):
@@ -244,6 +253,7 @@ class DepthwiseTapsProduct(nn.Cell):
 
     def bprop(self, feature_map, weight, out, dout):
         batch, _, height, width = feature_map.shape
+        feature_map = after(feature_map, dout)
         weight_grad = self.gradient_times_taps(dout, self.taps(feature_map)).sum(axis=0).reshape(weight.shape)
         rotated = ops.flip(weight, (2, 3))   # a new tensor (a reversed slice would be a strided view in PyNative)
         map_grad = self.weight_times_taps(self.per_sample(rotated, batch), self.taps(dout.reshape(feature_map.shape)))

@@ -14,7 +14,7 @@ import mindspore as ms
 import numpy as np
 from mindspore import nn, ops
 
-from segformer.models.layers import (ChannelsFirstLinear, DepthwiseConv3x3, ExactGELU, OverlapPatchConv,
+from segformer.models.layers import (ChannelsFirstLinear, after, DepthwiseConv3x3, ExactGELU, OverlapPatchConv,
                                      SpatialReductionConv, dense, layer_norm, map_to_tokens, resolve_formulation, tokens_to_map)
 from segformer.models.stochastic import DropPath
 from segformer.models.variants import MiTConfig
@@ -65,9 +65,7 @@ class Attention(nn.Cell):
         self.channels_first = resolve_formulation(formulation) == "matmul"
         if self.channels_first:
             self.linear = ChannelsFirstLinear()
-            self.softmax = RowSoftmax()
-            self.query_dot_keys = ops.BatchMatMul(transpose_a=True)
-            self.values_times_weights = ops.BatchMatMul(transpose_b=True)
+            self.attend = ChannelsFirstAttention(self.scale)
 
     def construct(self, tokens, height, width):
         if self.channels_first:
@@ -101,23 +99,52 @@ class Attention(nn.Cell):
         num_keys = key_value.shape[2]
         key = key_value[:, :self.dim].reshape(batch * heads, head_dim, num_keys)
         value = key_value[:, self.dim:].reshape(batch * heads, head_dim, num_keys)
-        scores = self.query_dot_keys(query.reshape(batch * heads, head_dim, num_tokens), key) * self.scale
-        weights = ops.cast(self.softmax(ops.cast(scores, ms.float32)), value.dtype)   # float32 as above
-        attended = self.values_times_weights(value, weights).reshape(batch, self.dim, num_tokens)
-        return self.linear.map_to_tokens(attended, self.proj.weight, self.proj.bias)
+        attended = self.attend(query.reshape(batch * heads, head_dim, num_tokens), key, value)
+        return self.linear.map_to_tokens(attended.reshape(batch, self.dim, num_tokens), self.proj.weight,
+                                         self.proj.bias)
 
 
-class RowSoftmax(nn.Cell):
-    """Softmax over the last axis with its gradient written out, out * (dout - sum(dout * out)), the row sums
-    broadcast explicitly: MindSpore's own backward subtracts them with a broadcasting Sub, which on CPU keeps
-    16 bytes per element of the attention scores allocated for the rest of the process."""
+class ChannelsFirstAttention(nn.Cell):
+    """softmax(scale * q^T k) applied to v, all channels-first [B * heads, head_dim, tokens]; the result is
+    channels-first [B * heads, head_dim, queries]. The softmax runs in float32 (a no-op cast in float32).
 
-    def construct(self, scores):
-        return ops.softmax(scores, axis=-1)
+    The backward is written out and recomputes the attention weights from q and k instead of keeping them:
+    [B * heads, queries, keys] is by far the largest tensor of a block (256 MiB for stage 1 at a 1024x1024
+    crop), and autodiff kept two of that size per block until the backward reached it (PyTorch's eager
+    attention keeps one). The cost is one more scores product per block. Written out also because
+    MindSpore's own softmax backward subtracts the row sums with a broadcasting Sub, which on CPU keeps 16
+    bytes per element allocated for the rest of the process (docs/platform_notes.md); here they are
+    broadcast explicitly. Why not `Cell.recompute()`: it does not recompute the inputs of a cell with its
+    own bprop, and measured it kept most of the block's memory (docs/platform_notes.md)."""
 
-    def bprop(self, scores, out, dout):
-        row_sums = (dout * out).sum(axis=-1, keepdims=True)
-        return (out * (dout - ops.broadcast_to(row_sums, dout.shape)),)
+    def __init__(self, scale: float):
+        super().__init__()
+        self.scale = scale
+        self.softmax = ops.Softmax(axis=-1)   # the primitive: ops.softmax, a Python function, fails to compile in a bprop
+        self.query_dot_keys = ops.BatchMatMul(transpose_a=True)          # q^T k: [BH, N, M]
+        self.values_times_weights = ops.BatchMatMul(transpose_b=True)    # v w^T: [BH, d, N]
+        self.grad_times_weights = ops.BatchMatMul()                      # dout w: [BH, d, M]
+        self.grad_dot_values = ops.BatchMatMul(transpose_a=True)         # dout^T v: [BH, N, M]
+        self.keys_times_grad = ops.BatchMatMul(transpose_b=True)         # k ds^T: [BH, d, N]
+        self.queries_times_grad = ops.BatchMatMul()                      # q ds: [BH, d, M]
+
+    def weights(self, query, key):
+        """The attention weights [BH, N, M] in float32."""
+        return self.softmax(ops.cast(self.query_dot_keys(query, key) * self.scale, ms.float32))
+
+    def construct(self, query, key, value):
+        return self.values_times_weights(value, ops.cast(self.weights(query, key), value.dtype))
+
+    def bprop(self, query, key, value, out, dout):
+        weights = self.weights(after(query, dout), key)
+        value_grad = self.grad_times_weights(dout, ops.cast(weights, value.dtype))
+        weights_grad = ops.cast(self.grad_dot_values(dout, value), ms.float32)
+        # softmax backward: w * (dw - sum(dw * w)), the row sums broadcast explicitly
+        row_sums = (weights_grad * weights).sum(axis=-1, keepdims=True)
+        scores_grad = ops.cast(weights * (weights_grad - ops.broadcast_to(row_sums, weights.shape)), query.dtype)
+        query_grad = self.keys_times_grad(key, scores_grad) * self.scale
+        key_grad = self.queries_times_grad(query, scores_grad) * self.scale
+        return query_grad, key_grad, value_grad
 
 
 class DWConv(nn.Cell):
