@@ -14,8 +14,8 @@ import mindspore as ms
 import numpy as np
 from mindspore import nn, ops
 
-from segformer.models.layers import (ChannelsFirstLinear, after, DepthwiseConv3x3, ExactGELU, OverlapPatchConv,
-                                     SpatialReductionConv, dense, layer_norm, map_to_tokens, resolve_formulation, tokens_to_map)
+from segformer.models.layers import (ChannelsFirstLinear, DepthwiseConv3x3, ExactGELU, OverlapPatchConv,
+                                     SpatialReductionConv, after, dense, layer_norm, map_to_tokens, resolve_formulation, tokens_to_map)
 from segformer.models.stochastic import DropPath
 from segformer.models.variants import MiTConfig
 
@@ -110,12 +110,13 @@ class ChannelsFirstAttention(nn.Cell):
 
     The backward is written out and recomputes the attention weights from q and k instead of keeping them:
     [B * heads, queries, keys] is by far the largest tensor of a block (256 MiB for stage 1 at a 1024x1024
-    crop), and autodiff kept two of that size per block until the backward reached it (PyTorch's eager
-    attention keeps one). The cost is one more scores product per block. Written out also because
+    crop), and autodiff keeps it for every block until the backward reaches it (as PyTorch's eager attention
+    does). The cost is one more scores product and softmax per block (b0 at 1024x1024: about 11% of the step,
+    for 0.7 GiB less). Written out also because
     MindSpore's own softmax backward subtracts the row sums with a broadcasting Sub, which on CPU keeps 16
     bytes per element allocated for the rest of the process (docs/platform_notes.md); here they are
     broadcast explicitly. Why not `Cell.recompute()`: it does not recompute the inputs of a cell with its
-    own bprop, and measured it kept most of the block's memory (docs/platform_notes.md)."""
+    own bprop (docs/platform_notes.md)."""
 
     def __init__(self, scale: float):
         super().__init__()
