@@ -112,11 +112,10 @@ class ChannelsFirstAttention(nn.Cell):
     [B * heads, queries, keys] is by far the largest tensor of a block (256 MiB for stage 1 at a 1024x1024
     crop), and autodiff keeps it for every block until the backward reaches it (as PyTorch's eager attention
     does). The cost is one more scores product and softmax per block (b0 at 1024x1024: about 11% of the step,
-    for 0.7 GiB less). Written out also because
-    MindSpore's own softmax backward subtracts the row sums with a broadcasting Sub, which on CPU keeps 16
-    bytes per element allocated for the rest of the process (docs/platform_notes.md); here they are
-    broadcast explicitly. Why not `Cell.recompute()`: it does not recompute the inputs of a cell with its
-    own bprop (docs/platform_notes.md)."""
+    for 0.7 GiB less). Written out also because MindSpore's own softmax backward subtracts the row sums with
+    a broadcasting Sub, which on CPU keeps 16 bytes per element allocated for the rest of the process
+    (docs/platform_notes.md); here they are broadcast explicitly. Why not `Cell.recompute()`: it does not
+    recompute the inputs of a cell with its own bprop (docs/platform_notes.md)."""
 
     def __init__(self, scale: float):
         super().__init__()
