@@ -42,8 +42,8 @@ LAUNCHER = ROOT / "workflow_scripts" / "launch_train.py"
 NS_PREFIX = "segformer-mn-"
 TOLERANCE = 1e-2
 # The tiny settings of the tests (tests/conftest.py TINY_TRAIN) with dropout and drop path off, as in
-# the data-parallel test: 3 iterations of 1 image per worker.
-SETTINGS = {"iterations": 3, "batch_size": 1, "crop_size": [64, 64], "base_scale": [128, 64], "log_interval": 2,
+# the data-parallel test: 6 iterations of 1 image per worker.
+SETTINGS = {"iterations": 6, "batch_size": 1, "crop_size": [64, 64], "base_scale": [128, 64], "log_interval": 2,
             "checkpoint_interval": 0, "num_workers": 1, "schedule": {"warmup_iters": 2},
             "model": {"drop_path_rate": 0.0, "head_dropout": 0.0}}
 

@@ -1,7 +1,8 @@
 """Shared fixtures. Heavy things (a demo dataset, a trained model) are session-scoped and built once.
 
-Budget: the whole suite runs on 2 cores in CI within about 15 minutes, so everything that trains
-uses b0, tiny images and few iterations, and shares the one model trained here.
+Budget: the whole suite runs on 2 cores in CI within 25 minutes (measured 13-23 minutes on the faster CI
+machines, 33 on a slow one), so everything that trains uses b0, tiny images and few iterations, and
+shares the runs made here (the trained b0, the two-worker run) instead of training a reference of its own.
 """
 
 import json
@@ -80,6 +81,12 @@ def tiny_dataset(tmp_path_factory):
 
 def run_train(out_dir, train_list, val_list=None, *, settings=None, extra=(), launcher_args=None, timeout=900):
     """Run workflow_scripts/train.py (or launch_train.py with launcher_args) as a user would."""
+    command = train_command(out_dir, train_list, val_list, settings=settings, extra=extra, launcher_args=launcher_args)
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+
+
+def train_command(out_dir, train_list, val_list=None, *, settings=None, extra=(), launcher_args=None) -> list[str]:
+    """The command line of `run_train`."""
     merged = {**TINY_TRAIN, **(settings or {})}
     train_args = ["--variant", "b0", "--settings", json.dumps(merged), "--train_list", str(train_list),
                   "--out_dir", str(out_dir), *extra]
@@ -89,27 +96,42 @@ def run_train(out_dir, train_list, val_list=None, *, settings=None, extra=(), la
         command = [sys.executable, str(ROOT / "workflow_scripts/train.py"), *train_args]
     else:
         command = [sys.executable, str(ROOT / "workflow_scripts/launch_train.py"), *launcher_args, "--", *train_args]
-    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    return command
 
 
 # The validation during the shared training uses sliding windows, as the official 1024x1024 recipe does.
 TINY_VALIDATION = {"mode": "slide", "crop_size": [64, 64], "stride": [48, 48]}
 
 
+# The official stochastic layers (the defaults, spelled out); their masks are a function of (seed, rank,
+# iteration), so a resumed run draws the same ones.
+OFFICIAL_STOCHASTIC = {"model": {"drop_path_rate": 0.1, "head_dropout": 0.1}}
+
+
+def shared_b0_arguments(tiny_dataset, **settings) -> dict:
+    """run_train's arguments for the shared b0 (`trained_b0`), with `settings` added: the official
+    stochastic layers on, validation at iterations 6 and 12."""
+    return {"train_list": tiny_dataset["train"], "val_list": tiny_dataset["val"],
+            "settings": {**OFFICIAL_STOCHASTIC, "eval_interval": 6, **settings},
+            "extra": ["--validation", json.dumps(TINY_VALIDATION)]}
+
+
 @pytest.fixture(scope="session")
 def trained_b0(tiny_dataset, tmp_path_factory):
     """One tiny b0 trained once for every test that needs a model: its output folder."""
     out_dir = tmp_path_factory.mktemp("trained_b0")
-    result = run_train(out_dir, tiny_dataset["train"], tiny_dataset["val"], settings={"eval_interval": 6},
-                       extra=["--validation", json.dumps(TINY_VALIDATION)])
+    result = run_train(out_dir, **shared_b0_arguments(tiny_dataset))
     assert result.returncode == 0, result.stdout + result.stderr
     (out_dir / "train.log").write_text(result.stderr)   # what the rule's log would hold
     return out_dir
 
 
-# Data-parallel runs compare with other batch layouts, whose masks differ: stochastic layers off there.
+# Data-parallel runs compare with other batch layouts (one process with a batch of 2 vs 2 workers x 1),
+# whose masks differ: stochastic layers off there.
 DETERMINISTIC = {"model": {"drop_path_rate": 0.0, "head_dropout": 0.0}}
-DATA_PARALLEL = {**DETERMINISTIC, "iterations": 3, "batch_size": 1}
+# Six iterations: the launcher's kill test (test_launch.py) stops one of these runs after its checkpoint of
+# iteration 2 and needs the run not to have ended by then.
+DATA_PARALLEL = {**DETERMINISTIC, "iterations": 6, "batch_size": 1}
 
 
 @pytest.fixture(scope="session")

@@ -327,10 +327,11 @@ def mindspore_gradients(cell, weights, *inputs):
 
 
 def test_written_out_backward_passes_equal_pytorch_autograd():
-    """The CPU formulation's own bprops (ErfGELU, ChannelsFirstAttention, DepthwiseTapsProduct: written out to keep
-    MindSpore's CPU memory down, docs/platform_notes.md) against PyTorch's autograd of the same functions."""
+    """The CPU formulation's own bprops (ErfGELU, ChannelsFirstAttention, DepthwiseTapsProduct,
+    RecomputedMixFFN: written out to keep MindSpore's CPU memory down, docs/platform_notes.md) against
+    PyTorch's autograd of the same functions."""
     from segformer.models.layers import DepthwiseTapsProduct, ErfGELU
-    from segformer.models.mix_transformer import ChannelsFirstAttention
+    from segformer.models.mix_transformer import ChannelsFirstAttention, RecomputedMixFFN
     x = random_image((2, 6, 5, 7), seed=11) * 3.0
     expected, (grad,), weights = torch_gradients(lambda t: torch.nn.functional.gelu(t), x)
     np.testing.assert_allclose(ErfGELU()(x).asnumpy(), expected, rtol=1e-6, atol=1e-6)
@@ -355,24 +356,45 @@ def test_written_out_backward_passes_equal_pytorch_autograd():
     for ours, theirs in zip(got, grads):
         np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-5)
 
+    # Mix-FFN: fc1 (6 -> 8), depthwise 3x3 with bias, exact GELU, fc2 (8 -> 6), on a 5 x 7 grid of tokens
+    inputs = [random_image(shape, seed=seed) for shape, seed in
+              (((2, 5, 7, 6), 17), ((8, 6), 18), ((8,), 19), ((8, 1, 3, 3), 20), ((8,), 21), ((6, 8), 22), ((6,), 23))]
+    inputs[0] = inputs[0] * 2.0
+
+    def torch_mix_ffn(grid, fc1_weight, fc1_bias, dw_weight, dw_bias, fc2_weight, fc2_bias):
+        hidden = torch.nn.functional.linear(grid, fc1_weight, fc1_bias).permute(0, 3, 1, 2)
+        hidden = torch.nn.functional.conv2d(hidden, dw_weight, dw_bias, padding=1, groups=8)
+        return torch.nn.functional.linear(torch.nn.functional.gelu(hidden).flatten(2).transpose(1, 2), fc2_weight,
+                                          fc2_bias)
+    expected, grads, weights = torch_gradients(torch_mix_ffn, *inputs)
+    mix_ffn = RecomputedMixFFN(8)
+    np.testing.assert_allclose(mix_ffn(*inputs).asnumpy(), expected, rtol=1e-5, atol=1e-5)
+    for ours, theirs in zip(mindspore_gradients(mix_ffn, weights, *inputs), grads, strict=True):
+        np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-5)
+
 
 class _RecomputingCells(nn.Cell):
-    """The three cells with written-out backward passes, chained, each output gradient depending on data."""
+    """The four cells with written-out backward passes, chained, each output gradient depending on data."""
 
     def __init__(self, channels: int, side: int):
         super().__init__()
         from segformer.models.layers import DepthwiseTapsProduct, ErfGELU
-        from segformer.models.mix_transformer import ChannelsFirstAttention
+        from segformer.models.mix_transformer import ChannelsFirstAttention, RecomputedMixFFN
         self.shape = (1, channels, side, side)
         self.attention = ChannelsFirstAttention(0.5)
         self.depthwise = DepthwiseTapsProduct(channels)
         self.gelu = ErfGELU()
+        self.mix_ffn = RecomputedMixFFN(channels)
         self.kernel = ms.Parameter(random_image((channels, 1, 3, 3), seed=21), name="kernel")
+        self.bias = ms.Parameter(random_image((channels,), seed=23), name="bias")
+        self.linear = ms.Parameter(random_image((channels, channels), seed=24), name="linear")
 
     def construct(self, tokens):   # [1, channels, side * side]
         attended = self.attention(tokens, tokens, tokens)
         filtered = self.depthwise(attended.reshape(self.shape), self.kernel).reshape(attended.shape)
-        return (self.gelu(filtered) * attended).sum()
+        activated = (self.gelu(filtered) * attended).reshape(self.shape).transpose(0, 2, 3, 1)
+        out = self.mix_ffn(activated, self.linear, self.bias, self.kernel, self.bias, self.linear, self.bias)
+        return (out * out).sum()
 
 
 class _ValueAndGradients(nn.Cell):
@@ -386,7 +408,8 @@ class _ValueAndGradients(nn.Cell):
 
 def test_written_out_backward_passes_recompute_instead_of_keeping_the_forward():
     """Each written-out backward recomputes part of its forward (the attention weights, the depthwise taps,
-    erf) so that the forward's large results need not stay allocated until the backward. Unless the
+    erf; Mix-FFN's hidden maps) so that the forward's large results need not stay allocated until
+    the backward. Unless the
     recomputation reads its inputs through layers.after (a Depend on the output gradient), the compiler
     merges it with the identical forward expression and keeps the forward's result after all (measured:
     b2's training at 1024 x 1024 12.4 -> 7.0 GiB with it). The compiled train graph must hold both copies."""
@@ -396,8 +419,10 @@ def test_written_out_backward_passes_recompute_instead_of_keeping_the_forward():
     nodes = Counter(name for name, _ in frontend_graph_nodes(_ValueAndGradients(_RecomputingCells(4, 4)),
                                                               random_image((1, 4, 16), seed=22)))
     assert nodes["Softmax"] == 2, nodes       # forward, and the backward's recomputed attention weights
-    assert nodes["Erf"] == 2, nodes           # forward, and the backward's recomputed cdf
-    assert nodes["Im2Col"] == 3, nodes        # forward taps, the backward's taps of the input and of dout
+    assert nodes["Erf"] == 2 * 2, nodes       # per GELU: forward, and the backward's recomputed cdf
+    assert nodes["Im2Col"] == 2 * 3, nodes    # per depthwise conv: forward taps, the backward's of input and dout
+    # forward + backward + recomputed: attention 2 + 4 + 1, depthwise taps 1 + 2 + 0, Mix-FFN 3 + 6 + 2 (fc1, conv)
+    assert nodes["BatchMatMul"] == 7 + 3 + 11, nodes
 
 
 def test_formulation_is_chosen_by_device_in_one_place():

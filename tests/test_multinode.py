@@ -3,7 +3,7 @@ its own (root, iproute2), runs the tiny b0 on two nodes of one worker each, star
 launch_train.py runs under SLURM (NODE_RANK, MASTER_ADDR), and on one node of two workers, from the
 same start, and requires the same weights (relative update difference <= 1e-2, as the data-parallel
 test in test_train.py). Measured on the 2-core development machine: 4 min 13 s in all with other
-jobs running (one node 146 s, two nodes 100 s; three iterations, nearly all of it graph compiles),
+jobs running (one node 146 s, two nodes 100 s; three iterations then, six now, nearly all of it graph compiles),
 and the two models were bit-identical.
 
 CI runs as root on such a machine: a machine where the namespace cannot be made FAILS here with the

@@ -13,13 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import DATA_PARALLEL, DETERMINISTIC, ROOT, TINY_TRAIN, run_train
-
-# The official stochastic layers; their masks are a function of (seed, rank, iteration), so a resumed run
-# draws the same ones. Comparisons of runs with different batch layouts (one process with a batch of 2 vs
-# 2 workers x 1) would draw different masks, so those switch them off.
-OFFICIAL_STOCHASTIC = {"model": {"drop_path_rate": 0.1, "head_dropout": 0.1}}
-
+from conftest import DATA_PARALLEL, DETERMINISTIC, ROOT, TINY_TRAIN, run_train, shared_b0_arguments, train_command
 
 def read_log(path):
     return pd.read_csv(path, comment="#")
@@ -66,18 +60,13 @@ def test_lr_in_log_follows_the_schedule(trained_b0):
     np.testing.assert_allclose(log["lr"], expected, rtol=1e-9)
 
 
-def test_resume_after_kill_equals_uninterrupted_run(tiny_dataset, tmp_path):
-    """Bitwise, with drop path and dropout on as in the official recipe."""
-    settings = {**OFFICIAL_STOCHASTIC, "iterations": 8, "checkpoint_interval": 3}
-    reference = tmp_path / "reference"
-    result = run_train(reference, tiny_dataset["train"], settings=settings)
-    assert result.returncode == 0, result.stderr
-
+def test_resume_after_kill_equals_uninterrupted_run(tiny_dataset, trained_b0, tmp_path):
+    """Bitwise, with drop path and dropout on as in the official recipe: the shared b0's run, killed once
+    its checkpoint of iteration 6 is written and run again, ends with the shared b0's weights."""
+    arguments = shared_b0_arguments(tiny_dataset, checkpoint_interval=3)
     resumed = tmp_path / "resumed"
-    command = [sys.executable, str(ROOT / "workflow_scripts/train.py"), "--variant", "b0",
-               "--settings", json.dumps({**TINY_TRAIN, **settings}), "--train_list", str(tiny_dataset["train"]),
-               "--out_dir", str(resumed)]
-    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(train_command(resumed, **arguments), cwd=ROOT, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
     state = resumed / "train_state"
     deadline = time.time() + 600
     while not list(state.glob("state_00000006.ckpt")) and time.time() < deadline and process.poll() is None:
@@ -87,22 +76,41 @@ def test_resume_after_kill_equals_uninterrupted_run(tiny_dataset, tmp_path):
     assert list(state.glob("state_*.ckpt")), "no checkpoint was written before the kill"
     assert not (resumed / "model.ckpt").exists()
 
-    result = run_train(resumed, tiny_dataset["train"], settings=settings)
+    result = run_train(resumed, **arguments)
     assert result.returncode == 0, result.stderr
     assert "resum" in result.stderr
-    assert_same_weights(reference / "model.ckpt", resumed / "model.ckpt")
+    assert_same_weights(trained_b0 / "model.ckpt", resumed / "model.ckpt")
     log = read_log(resumed / "train_log.csv")
-    assert list(log["iteration"]) == list(range(1, 9))
+    assert list(log["iteration"]) == list(range(1, TINY_TRAIN["iterations"] + 1))
 
 
-def test_changed_settings_start_over(tiny_dataset, tmp_path):
-    state = tmp_path / "train_state"
-    state.mkdir()
-    (state / "settings.json").write_text(json.dumps({"hash": "0000", "settings": {}}))
-    (state / "state_00000002.ckpt").write_bytes(b"stale")
-    result = run_train(tmp_path, tiny_dataset["train"], settings={"iterations": 2})
-    assert result.returncode == 0, result.stderr
-    assert "settings changed" in result.stderr and "starting over" in result.stderr
+def test_changed_settings_start_over(tmp_path, caplog):
+    """A state folder stamped with other settings is not resumed from: it is emptied and stamped anew."""
+    from segformer.engine.state import StateDir, settings_hash
+
+    state = StateDir(tmp_path / "train_state", {"iterations": 2})
+    state.path.mkdir()
+    state.stamp_file.write_text(json.dumps({"hash": "0000", "settings": {}}))
+    (state.path / "state_00000002.ckpt").write_bytes(b"stale")
+    with caplog.at_level("WARNING"):
+        assert state.open() is None
+    assert "settings changed" in caplog.text and "starting over" in caplog.text
+    assert not state.checkpoints()
+    assert state.stamped_hash() == settings_hash({"iterations": 2})
+
+
+def test_only_the_newest_keep_checkpoints_remain(tmp_path):
+    """keep_checkpoints (default 2, test_mixed_precision.py checks it in a real run) also at 1."""
+    import mindspore as ms
+
+    from segformer.engine.state import StateDir
+
+    state = StateDir(tmp_path / "train_state", {"iterations": 3}, keep=1)
+    assert state.open() is None
+    for iteration in (1, 2, 3):
+        state.save(iteration, [{"name": "iteration", "data": ms.Tensor(iteration, ms.int32)}])
+    assert [iteration for iteration, _ in state.checkpoints()] == [3]
+    assert not [path.name for path in state.path.iterdir() if ".tmp" in path.name]
 
 
 def test_nan_loss_stops_with_iteration_and_no_model(tiny_dataset, trained_b0, tmp_path):

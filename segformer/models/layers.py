@@ -86,13 +86,21 @@ class ErfGELU(nn.Cell):
     (docs/platform_notes.md, "Memory on CPU")."""
 
     def construct(self, x):
-        return x * 0.5 * (1.0 + ops.erf(x * SQRT1_2))
+        return x * gelu_cdf(x)
 
     def bprop(self, x, out, dout):
         x = after(x, dout)
-        cdf = 0.5 * (1.0 + ops.erf(x * SQRT1_2))
-        pdf = ops.exp(x * x * -0.5) * GELU_PDF_SCALE
-        return (dout * (cdf + x * pdf),)
+        return (dout * gelu_slope(x, gelu_cdf(x)),)
+
+
+def gelu_cdf(x):
+    """Phi(x) = 0.5 * (1 + erf(x / sqrt 2)), the standard normal CDF: GELU(x) = x * Phi(x)."""
+    return 0.5 * (1.0 + ops.erf(x * SQRT1_2))
+
+
+def gelu_slope(x, cdf):
+    """d GELU / dx = Phi(x) + x * phi(x), given cdf = Phi(x) (PyTorch's CPU formula)."""
+    return cdf + x * (ops.exp(x * x * -0.5) * GELU_PDF_SCALE)
 
 
 def after(tensor, dout):
@@ -239,10 +247,13 @@ class DepthwiseTapsProduct(nn.Cell):
         self.channels = channels
         self.weight_times_taps = ops.BatchMatMul()
         self.gradient_times_taps = ops.BatchMatMul(transpose_b=True)
+        # ops.unfold's primitive, made here: ops.unfold makes it on the fly, which fails to compile in the
+        # bprop of a cell that calls this one's methods
+        self.im2col = ops.Im2Col(ksizes=(3, 3), strides=(1, 1), dilations=(1, 1), pads=(1, 1))
 
     def taps(self, feature_map):
         batch, _, height, width = feature_map.shape
-        return ops.unfold(feature_map, 3, padding=1).reshape(batch, self.channels, 9, height * width)
+        return self.im2col(feature_map).reshape(batch, self.channels, 9, height * width)
 
     def per_sample(self, weight, batch):
         return batched_weight(weight.reshape(self.channels, 1, 9), batch)
@@ -252,12 +263,16 @@ class DepthwiseTapsProduct(nn.Cell):
         return self.weight_times_taps(self.per_sample(weight, feature_map.shape[0]), self.taps(feature_map))
 
     def bprop(self, feature_map, weight, out, dout):
-        batch, _, height, width = feature_map.shape
         feature_map = after(feature_map, dout)
         weight_grad = self.gradient_times_taps(dout, self.taps(feature_map)).sum(axis=0).reshape(weight.shape)
+        return self.input_gradient(dout, weight, feature_map.shape), weight_grad
+
+    def input_gradient(self, dout, weight, map_shape):
+        """The input map's gradient from the output's [B, C, 1, H*W]: the same product of dout's taps with
+        the kernel rotated by 180 degrees."""
         rotated = ops.flip(weight, (2, 3))   # a new tensor (a reversed slice would be a strided view in PyNative)
-        map_grad = self.weight_times_taps(self.per_sample(rotated, batch), self.taps(dout.reshape(feature_map.shape)))
-        return map_grad.reshape(feature_map.shape), weight_grad
+        taps = self.taps(dout.reshape(map_shape))
+        return self.weight_times_taps(self.per_sample(rotated, map_shape[0]), taps).reshape(map_shape)
 
 
 def batched_weight(weight, batch: int):

@@ -14,8 +14,9 @@ import mindspore as ms
 import numpy as np
 from mindspore import nn, ops
 
-from segformer.models.layers import (ChannelsFirstLinear, DepthwiseConv3x3, ExactGELU, OverlapPatchConv,
-                                     SpatialReductionConv, after, dense, layer_norm, map_to_tokens, resolve_formulation, tokens_to_map)
+from segformer.models.layers import (ChannelsFirstLinear, DepthwiseConv3x3, DepthwiseTapsProduct, ExactGELU,
+                                     OverlapPatchConv, SpatialReductionConv, add_bias, after, batched_weight, dense,
+                                     gelu_cdf, gelu_slope, layer_norm, map_to_tokens, resolve_formulation, tokens_to_map)
 from segformer.models.stochastic import DropPath
 from segformer.models.variants import MiTConfig
 
@@ -169,7 +170,7 @@ class Mlp(nn.Cell):
         self.fc2 = dense(hidden_dim, dim)
         self.channels_first = resolve_formulation(formulation) == "matmul"
         if self.channels_first:
-            self.linear = ChannelsFirstLinear()
+            self.recomputed = RecomputedMixFFN(hidden_dim)
 
     def construct(self, tokens, height, width):
         if self.channels_first:
@@ -178,14 +179,76 @@ class Mlp(nn.Cell):
         return self.fc2(hidden)
 
     def _channels_first(self, tokens, height, width):
-        """The same layers with the 4C-wide hidden activations kept as a [B, 4C, H*W] map, the depthwise
-        conv's layout: fc1 writes and fc2 reads it transposed inside their matrix products, which on CPU is
-        much cheaper than transposing the hidden map to and from tokens."""
-        batch = tokens.shape[0]
-        hidden = self.linear.tokens_to_map(tokens, self.fc1.weight, self.fc1.bias)
-        hidden = self.dwconv.dwconv(hidden.reshape(batch, -1, height, width))
-        hidden = self.act(hidden).reshape(batch, hidden.shape[1], height * width)
-        return self.linear.map_to_tokens(hidden, self.fc2.weight, self.fc2.bias)
+        """The same layers as one cell that keeps only its input for the backward (`RecomputedMixFFN`)."""
+        grid = tokens.reshape(tokens.shape[0], height, width, tokens.shape[2])
+        parameters = (self.fc1.weight, self.fc1.bias, self.dwconv.dwconv.weight, self.dwconv.dwconv.bias,
+                      self.fc2.weight, self.fc2.bias)
+        return self.recomputed(grid, *[ops.cast(parameter, tokens.dtype) for parameter in parameters])
+
+
+class RecomputedMixFFN(nn.Cell):
+    """Mix-FFN on the CPU formulation: fc1, 3x3 depthwise conv (with bias), exact GELU, fc2, from tokens laid
+    out as their grid [B, H, W, C] to tokens [B, H*W, C]. The 4C-wide hidden activations are a channels-first
+    map [B, 4C, H*W], the depthwise conv's layout: fc1 writes and fc2 reads it transposed inside their matrix
+    products, which on CPU is much cheaper than transposing it to and from tokens.
+
+    The backward is written out and keeps only the input tokens, which fc1's weight gradient needs anyway:
+    autodiff keeps three 4C-wide maps per block until the backward reaches it (fc1's output for the conv's
+    weight gradient, the GELU's input, the GELU's output for fc2's weight gradient), as PyTorch does; b5 at
+    1024 x 1024 holds 2.4 GiB of them. They are recomputed instead: one more fc1 product, and the conv's
+    output from the taps its weight gradient rebuilds anyway."""
+
+    def __init__(self, hidden_channels: int):
+        super().__init__()
+        self.taps_product = DepthwiseTapsProduct(hidden_channels)
+        self.bias_add = ops.BiasAdd()   # the primitive: ops.bias_add makes one on the fly, which fails in a bprop
+        self.weight_times_tokens = ops.BatchMatMul(transpose_b=True)                          # W1 x^T: [B, 4C, N]
+        self.grad_times_tokens = ops.BatchMatMul()                                            # dh x: [B, 4C, C]
+        self.grad_times_weight = ops.BatchMatMul(transpose_a=True)                            # dh^T W1: [B, N, C]
+        self.activations_times_weight = ops.BatchMatMul(transpose_a=True, transpose_b=True)   # a^T W2^T: [B, N, C]
+        self.weight_times_grad = ops.BatchMatMul(transpose_a=True, transpose_b=True)          # W2^T dout^T: [B, 4C, N]
+        self.grad_times_activations = ops.BatchMatMul(transpose_a=True, transpose_b=True)     # dout^T a^T: [B, C, 4C]
+
+    def hidden_taps(self, grid, fc1_weight, fc1_bias):
+        """fc1 of the tokens, as the 3x3 taps of the hidden map [B, 4C, 9, H*W]."""
+        batch, height, width, channels = grid.shape
+        tokens = grid.reshape(batch, height * width, channels)
+        hidden = self.bias_add(self.weight_times_tokens(batched_weight(fc1_weight, batch), tokens), fc1_bias)
+        return self.taps_product.taps(hidden.reshape(batch, -1, height, width))
+
+    def filtered(self, taps, dw_weight, dw_bias):
+        """The depthwise conv's output [B, 4C, H*W] from the hidden map's taps."""
+        batch, channels, _, num_tokens = taps.shape
+        product = self.taps_product.weight_times_taps(self.taps_product.per_sample(dw_weight, batch), taps)
+        return self.bias_add(product.reshape(batch, channels, num_tokens), dw_bias)
+
+    def construct(self, grid, fc1_weight, fc1_bias, dw_weight, dw_bias, fc2_weight, fc2_bias):
+        filtered = self.filtered(self.hidden_taps(grid, fc1_weight, fc1_bias), dw_weight, dw_bias)
+        activations = filtered * gelu_cdf(filtered)
+        return add_bias(self.activations_times_weight(activations, batched_weight(fc2_weight, grid.shape[0])),
+                        fc2_bias)
+
+    def bprop(self, grid, fc1_weight, fc1_bias, dw_weight, dw_bias, fc2_weight, fc2_bias, out, dout):
+        batch, height, width, channels = grid.shape
+        grid = after(grid, dout)
+        taps = self.hidden_taps(grid, fc1_weight, fc1_bias)
+        filtered = self.filtered(taps, dw_weight, dw_bias)
+        cdf = gelu_cdf(filtered)
+        fc2_bias_grad = dout.reshape(-1, channels).sum(axis=0)
+        fc2_weight_grad = self.grad_times_activations(dout, filtered * cdf).sum(axis=0)
+        filtered_grad = self.weight_times_grad(batched_weight(fc2_weight, batch), dout) * gelu_slope(filtered, cdf)
+        dw_bias_grad = filtered_grad.sum(axis=(0, 2))
+        filtered_grad = filtered_grad.reshape(batch, -1, 1, height * width)
+        dw_weight_grad = self.taps_product.gradient_times_taps(filtered_grad, taps).sum(axis=0).reshape(dw_weight.shape)
+        hidden_grad = self.taps_product.input_gradient(filtered_grad, dw_weight,
+                                                       (batch, dw_weight.shape[0], height, width))
+        hidden_grad = hidden_grad.reshape(batch, dw_weight.shape[0], height * width)
+        fc1_bias_grad = hidden_grad.sum(axis=(0, 2))
+        tokens = grid.reshape(batch, height * width, channels)
+        fc1_weight_grad = self.grad_times_tokens(hidden_grad, tokens).sum(axis=0)
+        tokens_grad = self.grad_times_weight(hidden_grad, batched_weight(fc1_weight, batch))
+        return (tokens_grad.reshape(grid.shape), fc1_weight_grad, fc1_bias_grad, dw_weight_grad, dw_bias_grad,
+                fc2_weight_grad, fc2_bias_grad)
 
 
 class Block(nn.Cell):
