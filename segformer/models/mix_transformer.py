@@ -115,7 +115,7 @@ class ChannelsFirstAttention(nn.Cell):
     does). The cost is one more scores product and softmax per block (b0 at 1024x1024: about 11% of the step,
     for 0.7 GiB less). Written out also because MindSpore's own softmax backward subtracts the row sums with
     a broadcasting Sub, which on CPU keeps 16 bytes per element allocated for the rest of the process
-    (docs/platform_notes.md); here they are broadcast explicitly. Why not `Cell.recompute()`: it does not
+    (docs/platform_notes.md); here the subtraction is part of a product. Why not `Cell.recompute()`: it does not
     recompute the inputs of a cell with its own bprop (docs/platform_notes.md)."""
 
     def __init__(self, scale: float):
@@ -128,6 +128,8 @@ class ChannelsFirstAttention(nn.Cell):
         self.grad_dot_values = ops.BatchMatMul(transpose_a=True)         # dout^T v: [BH, N, M]
         self.keys_times_grad = ops.BatchMatMul(transpose_b=True)         # k ds^T: [BH, d, N]
         self.queries_times_grad = ops.BatchMatMul()                      # q ds: [BH, d, M]
+        self.concat_channels = ops.Concat(axis=1)
+        self.ones_like = ops.OnesLike()
 
     def weights(self, query, key):
         """The attention weights [BH, N, M] in float32."""
@@ -139,10 +141,16 @@ class ChannelsFirstAttention(nn.Cell):
     def bprop(self, query, key, value, out, dout):
         weights = self.weights(after(query, dout), key)
         value_grad = self.grad_times_weights(dout, ops.cast(weights, value.dtype))
-        weights_grad = ops.cast(self.grad_dot_values(dout, value), ms.float32)
-        # softmax backward: w * (dw - sum(dw * w)), the row sums broadcast explicitly
-        row_sums = (weights_grad * weights).sum(axis=-1, keepdims=True)
-        scores_grad = ops.cast(weights * (weights_grad - ops.broadcast_to(row_sums, weights.shape)), query.dtype)
+        # softmax backward: w * (dw - rowsum(dw * w)) with dw = dout^T v. The row sums come from the output,
+        # rowsum(dw * w) = sum over channels of dout * out (as FlashAttention computes them: 32 terms a query,
+        # not one per key), and their subtraction rides in the product as one more channel,
+        # [dout; -r]^T [v; 1] = dw - r 1^T: no [queries, keys] reduction, broadcast or difference (on CPU those
+        # run on one thread: 0.9 s of b0's step at 1024 x 1024).
+        row_sums = (ops.cast(dout, ms.float32) * ops.cast(out, ms.float32)).sum(axis=1, keepdims=True)
+        grad_and_sums = self.concat_channels((dout, ops.cast(-row_sums, dout.dtype)))
+        values_and_ones = self.concat_channels((value, self.ones_like(value[:, :1])))
+        centered_grad = ops.cast(self.grad_dot_values(grad_and_sums, values_and_ones), ms.float32)
+        scores_grad = ops.cast(weights * centered_grad, query.dtype)
         query_grad = self.keys_times_grad(key, scores_grad) * self.scale
         key_grad = self.queries_times_grad(query, scores_grad) * self.scale
         return query_grad, key_grad, value_grad
