@@ -258,9 +258,13 @@ class DepthwiseTapsProduct(nn.Cell):
     def per_sample(self, weight, batch):
         return batched_weight(weight.reshape(self.channels, 1, 9), batch)
 
+    def of_taps(self, taps, weight):
+        """The conv's output [B, C, 1, H*W] from a map's taps [B, C, 9, H*W] and the [C, 1, 3, 3] weight."""
+        return self.weight_times_taps(self.per_sample(weight, taps.shape[0]), taps)
+
     def construct(self, feature_map, weight):
         """[B, C, H, W] map, [C, 1, 3, 3] weight -> [B, C, 1, H*W]."""
-        return self.weight_times_taps(self.per_sample(weight, feature_map.shape[0]), self.taps(feature_map))
+        return self.of_taps(self.taps(feature_map), weight)
 
     def bprop(self, feature_map, weight, out, dout):
         feature_map = after(feature_map, dout)
@@ -271,8 +275,7 @@ class DepthwiseTapsProduct(nn.Cell):
         """The input map's gradient from the output's [B, C, 1, H*W]: the same product of dout's taps with
         the kernel rotated by 180 degrees."""
         rotated = ops.flip(weight, (2, 3))   # a new tensor (a reversed slice would be a strided view in PyNative)
-        taps = self.taps(dout.reshape(map_shape))
-        return self.weight_times_taps(self.per_sample(rotated, map_shape[0]), taps).reshape(map_shape)
+        return self.of_taps(self.taps(dout.reshape(map_shape)), rotated).reshape(map_shape)
 
 
 def batched_weight(weight, batch: int):

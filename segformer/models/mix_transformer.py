@@ -227,7 +227,7 @@ class RecomputedMixFFN(nn.Cell):
     def filtered(self, taps, dw_weight, dw_bias):
         """The depthwise conv's output [B, 4C, H*W] from the hidden map's taps."""
         batch, channels, _, num_tokens = taps.shape
-        product = self.taps_product.weight_times_taps(self.taps_product.per_sample(dw_weight, batch), taps)
+        product = self.taps_product.of_taps(taps, dw_weight)
         return self.bias_add(product.reshape(batch, channels, num_tokens), dw_bias)
 
     def construct(self, grid, fc1_weight, fc1_bias, dw_weight, dw_bias, fc2_weight, fc2_bias):
