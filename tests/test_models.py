@@ -369,8 +369,10 @@ def test_written_out_backward_passes_equal_pytorch_autograd():
     expected, grads, weights = torch_gradients(torch_mix_ffn, *inputs)
     mix_ffn = RecomputedMixFFN(8)
     np.testing.assert_allclose(mix_ffn(*inputs).asnumpy(), expected, rtol=1e-5, atol=1e-5)
+    # gradients summed over 70 tokens reach |38|: float32 summation orders (which differ between CPUs) leave
+    # a few 1e-6 of that scale on every element, also where the element itself is small
     for ours, theirs in zip(mindspore_gradients(mix_ffn, weights, *inputs), grads, strict=True):
-        np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-5 * max(1.0, np.abs(theirs).max()))
 
 
 class _RecomputingCells(nn.Cell):

@@ -7,7 +7,8 @@ import torch
 import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 
-from segformer.engine.optim import AdamW, build_param_groups, describe_param_groups, match_custom_key
+from segformer.engine.optim import (AdamW, build_param_groups, describe_param_groups, kernel_moment2_ratio,
+                                    match_custom_key)
 from segformer.engine.schedule import PolySchedule, lr_at
 
 ms.set_device("CPU")
@@ -172,9 +173,12 @@ def test_adamw_matches_torch_over_three_scheduled_steps():
             np.testing.assert_allclose(p.asnumpy(), torch_params[p.name].detach().numpy(), rtol=1e-6, atol=1e-7,
                                        err_msg=f"{p.name} after step {t + 1}")
     assert optimizer.num_steps == 3
-    for p, m in zip(optimizer.parameters, optimizer.moments1):
+    ratio = kernel_moment2_ratio(0.999)   # the fused kernel's v is torch's times a constant (1 - 1.3e-5)
+    assert ratio == pytest.approx(1 - 1.29e-5, abs=1e-7)
+    for p, m, v in zip(optimizer.parameters, optimizer.moments1, optimizer.moments2):
         state = torch_opt.state[torch_params[p.name]]
         np.testing.assert_allclose(m.asnumpy(), state["exp_avg"].numpy(), rtol=1e-6, atol=1e-9)
+        np.testing.assert_allclose(v.asnumpy(), ratio * state["exp_avg_sq"].numpy(), rtol=1e-6, atol=1e-20)
     assert optimizer.group_lrs()["head"] == pytest.approx(10 * schedule(2), rel=1e-6)
 
 

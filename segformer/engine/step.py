@@ -64,6 +64,8 @@ class ApplyGradients(nn.Cell):
         self.reduce = gradient_reducer(optimizer.parameters, world_size)
         self.grad_accum = float(grad_accum)
         self.check_overflow = check_overflow
+        # fp32 (no overflow check, loss scale 1) without accumulation has nothing to divide: no Mul per parameter
+        self.unscale = check_overflow or grad_accum > 1
         self.distributed = world_size > 1
         if self.distributed and check_overflow:
             self.sum_flags = ops.AllReduce(ops.ReduceOp.SUM, world_group())
@@ -75,7 +77,8 @@ class ApplyGradients(nn.Cell):
         return ops.cast(ops.logical_not(ms.amp.all_finite(grads)), ms.float32)
 
     def construct(self, grads, loss_scale):
-        grads = self.hyper_map(ops.partial(ops.mul, 1.0 / (self.grad_accum * loss_scale)), grads)
+        if self.unscale:
+            grads = self.hyper_map(ops.partial(ops.mul, 1.0 / (self.grad_accum * loss_scale)), grads)
         grads = self.reduce(grads)
         if not self.check_overflow:
             return ops.depend(ops.ones((), ms.bool_), self.optimizer(grads))
@@ -94,7 +97,7 @@ class TrainStep(nn.Cell):
     grad_accum 1: loss, gradients and the update in one graph. grad_accum > 1: the micro-step adds its
     gradients to `sums` and returns stepped=False; after the last one `apply_accumulated(loss_scale)`
     updates and clears the sums. `loss` is the unscaled loss; `net_inputs` are the model's extra inputs
-    (its training masks).
+    (its training masks). Without check_overflow (fp32) the loss scale must be 1: nothing divides by it.
     """
 
     def __init__(self, net: nn.Cell, loss_fn: nn.Cell, optimizer: nn.Cell, *, world_size: int = 1,
