@@ -1,4 +1,4 @@
-"""AdamW exactly as torch.optim.AdamW, with mmcv-style parameter groups, for MindSpore.
+"""AdamW as torch.optim.AdamW computes it, with mmcv-style parameter groups, for MindSpore.
 
 The official SegFormer recipe trains with PyTorch's AdamW (bias-corrected moments, eps added after
 the square root of the bias-corrected second moment, decoupled decay ``p *= 1 - lr_g * wd_g`` applied
