@@ -190,7 +190,7 @@ def bias_correction_table(beta: float, take_sqrt: bool = False) -> np.ndarray:
 
 
 def kernel_moment2_ratio(beta2: float) -> float:
-    """How much larger the fused kernel's second moment is than torch's, exactly.
+    """The fused kernel's second moment as a multiple of torch's (a constant, a little below 1).
 
     Both decay v by float32(beta2) each step; torch adds float32(1 - beta2) * g * g (the complement taken
     in double), the kernel float32(1) - float32(beta2) (for 0.999: 0.00099998713, 1.3e-5 smaller). The
