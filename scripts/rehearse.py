@@ -10,8 +10,8 @@ Runs Snakemake (one job at a time) in WORKDIR with configs/cityscapes.yaml + con
 3. b0 again with configs/multi_scale.yaml: seven scales and their flips (evaluation only reruns).
 Prints each job's wall time (Snakemake's benchmark files), peak memory (the line each stage script logs at
 exit) and first-step (graph compile) time, as a markdown table, also written to WORKDIR/rehearsal.md. Exit
-status 0 only when every phase finished and b0 resumed. Training at 1024x1024 peaks at 3.4 / 4.6 / 6.8 / 9.4 /
-12.2 / 14.7 GiB for b0-b5 (benchmarks/README.md): all six fit a 24 GB machine.
+status 0 only when every phase finished and b0 resumed. Training at 1024x1024 peaks at 2.9 / 4.2 / 6.3 / 8.2 /
+10.5 / 12.0 GiB for b0-b5 (benchmarks/README.md): all six fit a 24 GB machine.
 """
 
 import argparse
