@@ -15,8 +15,10 @@ Graphs (one compile each, b0 at 64 x 64, batch 1):
 - accumulated_update: the update after gradient accumulation, with the mixed-precision overflow check
   (unscale, finiteness check, conditional AdamW step; a graph with branches);
 - inference: the cell Segmenter (segformer/engine/inference.py) compiles: model in eval mode, then the
-  bilinear resize of the logits to the input size. Segmenter.scores resizes once more in PyNative with the
-  same `ops.interpolate` call (the same primitive); its softmax is numpy, not MindSpore;
+  bilinear resize of the logits to the input size (in the model's formulation). Segmenter.scores resizes once
+  more in PyNative with the same cell (the same primitive); its softmax is numpy, not MindSpore;
+  The loss is built in the conv formulation as the training loop builds it for a conv model
+  (`formulation=net.formulation`);
 - loss_avg_non_ignore: the loss option `avg_non_ignore: true` (another branch of its graph), with its
   gradient.
 
@@ -73,7 +75,7 @@ def train_step_cell(net):
     from segformer.engine.step import TrainStep
 
     optimizer = AdamW(build_param_groups(net, 6e-5, 0.01), 6e-5)
-    step = TrainStep(net, SegCrossEntropyLoss(), optimizer)
+    step = TrainStep(net, SegCrossEntropyLoss(formulation="conv"), optimizer)
     step.set_train(True)
     return step
 
@@ -86,7 +88,7 @@ def accumulated_update_cell(net):
     from segformer.engine.step import TrainStep
 
     optimizer = AdamW(build_param_groups(net, 6e-5, 0.01), 6e-5)
-    step = TrainStep(net, SegCrossEntropyLoss(), optimizer, grad_accum=2, check_overflow=True)
+    step = TrainStep(net, SegCrossEntropyLoss(formulation="conv"), optimizer, grad_accum=2, check_overflow=True)
     return step.apply_sums, (ms.Tensor(1024.0, ms.float32),)
 
 
@@ -116,7 +118,7 @@ class _LossAndGradient(nn.Cell):
 def loss_option_cell():
     from segformer.engine.loss import SegCrossEntropyLoss
 
-    return _LossAndGradient(SegCrossEntropyLoss(avg_non_ignore=True))
+    return _LossAndGradient(SegCrossEntropyLoss(avg_non_ignore=True, formulation="conv"))
 
 
 def loss_option_inputs():

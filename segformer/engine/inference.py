@@ -39,12 +39,13 @@ from dataclasses import dataclass, field
 
 import mindspore as ms
 import numpy as np
-from mindspore import Tensor, nn, ops
+from mindspore import Tensor, nn
 
 from segformer.data.transforms import NormalizePadCHW, rescale_size, resize_pair
 from segformer.engine.inference_settings import InferenceSettings, window_boxes
 from segformer.models.checkpoint import CheckpointMismatch, check_fits_model, without_optimizer_state
 from segformer.models.layers import conv_output_size
+from segformer.models.resize import BilinearResize
 from segformer.models.variants import VARIANTS
 
 log = logging.getLogger(__name__)
@@ -102,10 +103,10 @@ class LogitsAtInputSize(nn.Cell):
     def __init__(self, net: nn.Cell):
         super().__init__(auto_prefix=False)  # keep the model's parameter names (a prefix would rename them)
         self.net = net
+        self.resize = BilinearResize(formulation=getattr(net, "formulation", "auto"))   # the model's own
 
     def construct(self, image):
-        logits = self.net(image)
-        return ops.interpolate(logits, size=image.shape[2:], mode="bilinear", align_corners=False)
+        return self.resize(self.net(image), image.shape[2:])
 
 
 def softmax_channels(logits: np.ndarray) -> np.ndarray:
@@ -124,6 +125,7 @@ class Segmenter:
         self.settings = settings or InferenceSettings()
         self.normalize = NormalizePadCHW()
         cell = LogitsAtInputSize(net)
+        self.resize = cell.resize
         self._forward = ms.jit(cell.construct) if jit else cell
 
     def input_sizes(self, width: int, height: int) -> list[tuple[int, int]]:
@@ -172,8 +174,7 @@ class Segmenter:
             for flip in flips:
                 view = np.ascontiguousarray(resized[:, ::-1]) if flip else resized
                 logits = self.network_logits(self.normalize.normalize_chw(view))
-                if logits.shape[2:] != (height, width):
-                    logits = ops.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False)
+                logits = self.resize(logits, (height, width))
                 scores = logits.asnumpy()[0]
                 if self.settings.averages_probabilities:
                     scores = softmax_channels(scores)

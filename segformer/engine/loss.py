@@ -17,6 +17,7 @@ from mindspore import nn, ops
 
 from segformer.data.cityscapes import IGNORE_INDEX
 from segformer.models.layers import after
+from segformer.models.resize import BilinearResize
 
 _FLOAT32_EPS = float(np.finfo(np.float32).eps)
 
@@ -57,25 +58,25 @@ class SegCrossEntropyLoss(nn.Cell):
     """``loss = SegCrossEntropyLoss()(logits, labels)`` with logits [N, C, h, w] and labels [N, H, W] (int).
 
     Returns a float32 scalar. Labels must be class indices in [0, C) or ``ignore_index``. Runs in graph
-    and PyNative mode; computed in float32 whatever the logits' dtype (mmseg's ``force_fp32``).
+    and PyNative mode; computed in float32 whatever the logits' dtype (mmseg's ``force_fp32``). The resize
+    follows the device's formulation (segformer.models.resize: matrix products on CPU).
     """
 
     def __init__(self, ignore_index: int = IGNORE_INDEX, avg_non_ignore: bool = False, loss_weight: float = 1.0,
-                 align_corners: bool = False):
+                 align_corners: bool = False, formulation: str = "auto"):
         super().__init__()
         self.ignore_index = int(ignore_index)
         self.avg_non_ignore = bool(avg_non_ignore)
         self.loss_weight = float(loss_weight)
         self.align_corners = bool(align_corners)
+        self.resize = BilinearResize(self.align_corners, formulation)
         self.pixel_cross_entropy = PixelCrossEntropy()
 
     def pixel_losses(self, logits, labels):
         """Per-pixel loss [N, H, W] (0 where the label is ignored) and the float mask of labelled pixels."""
         logits = ops.cast(logits, ms.float32)
         labels = ops.cast(labels, ms.int32)
-        size = labels.shape[-2:]
-        if logits.shape[-2:] != size:
-            logits = ops.interpolate(logits, size=size, mode="bilinear", align_corners=self.align_corners)
+        logits = self.resize(logits, labels.shape[-2:])
         valid = labels != self.ignore_index
         safe_labels = ops.select(valid, labels, ops.zeros_like(labels))
         mask = ops.cast(valid, ms.float32)

@@ -200,7 +200,7 @@ def train(settings: dict, *, variant: str, train_list: str, val_list: str | None
 
     optimizer, groups = build_optimizer(net, settings)
     schedule = PolySchedule.from_config(settings["optimizer"]["lr"], iterations, settings["schedule"])
-    loss_fn = SegCrossEntropyLoss(**settings["loss"])
+    loss_fn = SegCrossEntropyLoss(**settings["loss"], formulation=net.formulation)
     # Mixed: float16 everywhere except the normalisations (step.FP32_CELLS); the layers cast their directly
     # used weights to the activations' dtype, the attention softmax and the loss run in float32. The cells
     # are converted in place, so evaluation during training runs in mixed precision too.

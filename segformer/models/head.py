@@ -10,7 +10,8 @@ channels only and bilinear resizing mixes positions only (its weights sum to 1),
     fuse(concat(up(P4 c4), up(P3 c3), up(P2 c2), P1 c1)) = sum_i up((W_i P_i) c_i) + sum_i W_i b_i
 where W_i is the slice of the fuse weight that meets source i in the concat and P_i, b_i are linear_c{i}.
 Each source then needs one E x C_i product at its own resolution instead of the 4E -> E conv over the
-stride-4 map (for b0 at 512x1024 about 17 GFLOP less per image; at E = 768, 150 GFLOP less).
+stride-4 map (for b0 at 512x1024 about 17 GFLOP less per image; at E = 768, 150 GFLOP less). The resizes
+themselves are two matrix products each there (segformer.models.resize).
 The parameters and their roles are unchanged.
 """
 
@@ -19,6 +20,7 @@ from mindspore import nn, ops
 from mindspore.common.initializer import HeNormal
 
 from segformer.models.layers import ChannelsFirstLinear, map_to_tokens, resolve_formulation
+from segformer.models.resize import BilinearResize
 from segformer.models.stochastic import ChannelDropout
 from segformer.models.sync_bn import make_batch_norm
 
@@ -76,6 +78,7 @@ class SegFormerHead(nn.Cell):
         self.dropout = ChannelDropout(dropout)
         self.linear_pred = nn.Conv2d(embed_dim, num_classes, 1, has_bias=True)
         self.fuse_before_resize = resolve_formulation(formulation) == "matmul"
+        self.resize = BilinearResize(align_corners=False, formulation=formulation)
         if self.fuse_before_resize:
             self.linear = ChannelsFirstLinear()
 
@@ -87,18 +90,13 @@ class SegFormerHead(nn.Cell):
             fused = self._fuse_concatenated(features)
         return self.linear_pred(self.dropout(fused, channel_keep))
 
-    def _resized(self, feature_map, size):
-        if feature_map.shape[2:] == size:
-            return feature_map
-        return ops.interpolate(feature_map, size=size, mode="bilinear", align_corners=False)
-
     def _fuse_concatenated(self, features):
         """The official order: project, resize, concatenate (c4, c3, c2, c1), then linear_fuse."""
         c1, c2, c3, c4 = features
         size = c1.shape[2:]
-        projected_c4 = self._resized(self.linear_c4(c4), size)
-        projected_c3 = self._resized(self.linear_c3(c3), size)
-        projected_c2 = self._resized(self.linear_c2(c2), size)
+        projected_c4 = self.resize(self.linear_c4(c4), size)
+        projected_c3 = self.resize(self.linear_c3(c3), size)
+        projected_c2 = self.resize(self.linear_c2(c2), size)
         projected_c1 = self.linear_c1(c1)
         return self.linear_fuse(ops.concat((projected_c4, projected_c3, projected_c2, projected_c1), axis=1))
 
@@ -111,7 +109,7 @@ class SegFormerHead(nn.Cell):
         fused_c3, shift_c3 = self._fused_source(c3, self.linear_c3, fuse_weight, 1)
         fused_c2, shift_c2 = self._fused_source(c2, self.linear_c2, fuse_weight, 2)
         fused_c1, shift_c1 = self._fused_source(c1, self.linear_c1, fuse_weight, 3)
-        fused = self._resized(fused_c4, size) + self._resized(fused_c3, size) + self._resized(fused_c2, size)
+        fused = self.resize(fused_c4, size) + self.resize(fused_c3, size) + self.resize(fused_c2, size)
         shift = (shift_c4 + shift_c3 + shift_c2 + shift_c1).reshape(-1)
         # BiasAdd, not a broadcasting Add (which on CPU keeps 16 bytes per element allocated); float16 under mixed
         return ops.bias_add(fused + fused_c1, ops.cast(shift, fused_c1.dtype))
