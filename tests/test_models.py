@@ -18,7 +18,8 @@ from mindspore.nn.utils import no_init_parameters
 
 from segformer.models import build_model, count_parameters, resolve_formulation, variant_config
 from segformer.models.head import SegFormerHead
-from segformer.models.layers import DepthwiseConv3x3, ExactGELU, OverlapPatchConv, SpatialReductionConv
+from segformer.models.depthwise import DepthwiseConv3x3
+from segformer.models.layers import ExactGELU, OverlapPatchConv, SpatialReductionConv
 from segformer.models.stochastic import ChannelDropout, DropPath, MaskLayout, draw_masks
 from segformer.models.sync_bn import AllReduceBatchNorm2d
 
@@ -327,10 +328,11 @@ def mindspore_gradients(cell, weights, *inputs):
 
 
 def test_written_out_backward_passes_equal_pytorch_autograd():
-    """The CPU formulation's own bprops (ErfGELU, ChannelsFirstAttention, DepthwiseTapsProduct,
+    """The CPU formulation's own bprops (ErfGELU, ChannelsFirstAttention, Depthwise3x3Product both ways,
     RecomputedMixFFN: written out to keep MindSpore's CPU memory down, docs/platform_notes.md) against
     PyTorch's autograd of the same functions."""
-    from segformer.models.layers import DepthwiseTapsProduct, ErfGELU
+    from segformer.models.depthwise import Depthwise3x3Product
+    from segformer.models.layers import ErfGELU
     from segformer.models.mix_transformer import ChannelsFirstAttention, RecomputedMixFFN
     x = random_image((2, 6, 5, 7), seed=11) * 3.0
     expected, (grad,), weights = torch_gradients(lambda t: torch.nn.functional.gelu(t), x)
@@ -350,11 +352,11 @@ def test_written_out_backward_passes_equal_pytorch_autograd():
     feature_map, kernel = random_image((2, 6, 5, 7), seed=13), random_image((6, 1, 3, 3), seed=14)
     expected, grads, weights = torch_gradients(
         lambda m, k: torch.nn.functional.conv2d(m, k, padding=1, groups=6), feature_map, kernel)
-    product = DepthwiseTapsProduct(6)
-    np.testing.assert_allclose(product(feature_map, kernel).asnumpy().reshape(expected.shape), expected, atol=1e-5)
-    got = mindspore_gradients(lambda m, k: product(m, k).reshape(expected.shape), weights, feature_map, kernel)
-    for ours, theirs in zip(got, grads):
-        np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-5)
+    for product in (Depthwise3x3Product(6, direct=True), Depthwise3x3Product(6, direct=False)):
+        np.testing.assert_allclose(product(feature_map, kernel).asnumpy().reshape(expected.shape), expected, atol=1e-5)
+        got = mindspore_gradients(lambda m, k: product(m, k).reshape(expected.shape), weights, feature_map, kernel)
+        for ours, theirs in zip(got, grads):
+            np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-5)
 
     # Mix-FFN: fc1 (6 -> 8), depthwise 3x3 with bias, exact GELU, fc2 (8 -> 6), on a 5 x 7 grid of tokens
     inputs = [random_image(shape, seed=seed) for shape, seed in
@@ -367,26 +369,31 @@ def test_written_out_backward_passes_equal_pytorch_autograd():
         return torch.nn.functional.linear(torch.nn.functional.gelu(hidden).flatten(2).transpose(1, 2), fc2_weight,
                                           fc2_bias)
     expected, grads, weights = torch_gradients(torch_mix_ffn, *inputs)
-    mix_ffn = RecomputedMixFFN(8)
-    np.testing.assert_allclose(mix_ffn(*inputs).asnumpy(), expected, rtol=1e-5, atol=1e-5)
-    # gradients summed over 70 tokens reach |38|: float32 summation orders (which differ between CPUs) leave
-    # a few 1e-6 of that scale on every element, also where the element itself is small
-    for ours, theirs in zip(mindspore_gradients(mix_ffn, weights, *inputs), grads, strict=True):
-        np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-5 * max(1.0, np.abs(theirs).max()))
+    taps_mix_ffn = RecomputedMixFFN(8)
+    taps_mix_ffn.depthwise.use_taps()
+    for mix_ffn in (RecomputedMixFFN(8), taps_mix_ffn):
+        np.testing.assert_allclose(mix_ffn(*inputs).asnumpy(), expected, rtol=1e-5, atol=1e-5)
+        # gradients summed over 70 tokens reach |38|: float32 summation orders (which differ between CPUs)
+        # leave a few 1e-6 of that scale on every element, also where the element itself is small
+        for ours, theirs in zip(mindspore_gradients(mix_ffn, weights, *inputs), grads, strict=True):
+            np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-5 * max(1.0, np.abs(theirs).max()))
 
 
 class _RecomputingCells(nn.Cell):
     """The four cells with written-out backward passes, chained, each output gradient depending on data."""
 
-    def __init__(self, channels: int, side: int):
+    def __init__(self, channels: int, side: int, direct: bool):
         super().__init__()
-        from segformer.models.layers import DepthwiseTapsProduct, ErfGELU
+        from segformer.models.depthwise import Depthwise3x3Product
+        from segformer.models.layers import ErfGELU
         from segformer.models.mix_transformer import ChannelsFirstAttention, RecomputedMixFFN
         self.shape = (1, channels, side, side)
         self.attention = ChannelsFirstAttention(0.5)
-        self.depthwise = DepthwiseTapsProduct(channels)
+        self.depthwise = Depthwise3x3Product(channels, direct)
         self.gelu = ErfGELU()
         self.mix_ffn = RecomputedMixFFN(channels)
+        if not direct:
+            self.mix_ffn.depthwise.use_taps()
         self.kernel = ms.Parameter(random_image((channels, 1, 3, 3), seed=21), name="kernel")
         self.bias = ms.Parameter(random_image((channels,), seed=23), name="bias")
         self.linear = ms.Parameter(random_image((channels, channels), seed=24), name="linear")
@@ -408,23 +415,31 @@ class _ValueAndGradients(nn.Cell):
         return self.value_and_grad(x)
 
 
-def test_written_out_backward_passes_recompute_instead_of_keeping_the_forward():
-    """Each written-out backward recomputes part of its forward (the attention weights, the depthwise taps,
-    erf; Mix-FFN's hidden maps) so that the forward's large results need not stay allocated until
-    the backward. Unless the
-    recomputation reads its inputs through layers.after (a Depend on the output gradient), the compiler
-    merges it with the identical forward expression and keeps the forward's result after all (measured:
-    b2's training at 1024 x 1024 12.4 -> 7.0 GiB with it). The compiled train graph must hold both copies."""
+@pytest.mark.parametrize("direct", [True, False], ids=["direct", "taps"])
+def test_written_out_backward_passes_recompute_instead_of_keeping_the_forward(direct):
+    """Each written-out backward recomputes part of its forward (the attention weights, the depthwise conv or
+    its taps, erf; Mix-FFN's hidden maps) so that the forward's large results need not stay allocated until
+    the backward. Unless the recomputation reads its inputs through layers.after (a Depend on the output
+    gradient), the compiler merges it with the identical forward expression and keeps the forward's result
+    after all (measured: b2's training at 1024 x 1024 12.4 -> 7.0 GiB with it). The compiled train graph must
+    hold both copies. Both ways of computing the depthwise conv (segformer.models.depthwise)."""
     from collections import Counter
 
     from platform_ops import frontend_graph_nodes
-    nodes = Counter(name for name, _ in frontend_graph_nodes(_ValueAndGradients(_RecomputingCells(4, 4)),
+    nodes = Counter(name for name, _ in frontend_graph_nodes(_ValueAndGradients(_RecomputingCells(4, 4, direct)),
                                                               random_image((1, 4, 16), seed=22)))
     assert nodes["Softmax"] == 2, nodes       # forward, and the backward's recomputed attention weights
     assert nodes["Erf"] == 2 * 2, nodes       # per GELU: forward, and the backward's recomputed cdf
-    assert nodes["Im2Col"] == 2 * 3, nodes    # per depthwise conv: forward taps, the backward's of input and dout
-    # forward + backward + recomputed: attention 2 + 4 + 1, depthwise taps 1 + 2 + 0, Mix-FFN 3 + 6 + 2 (fc1, conv)
-    assert nodes["BatchMatMul"] == 7 + 3 + 11, nodes
+    if direct:
+        # the C++ loops: standalone conv forward + input gradient + weight gradient; Mix-FFN's forward, its
+        # recomputation, input gradient, weight gradient
+        assert nodes["Custom"] == 3 + 4 and nodes["Im2Col"] == 0, nodes
+        # forward + backward + recomputed: attention 2 + 4 + 1, Mix-FFN's linears 2 + 4 + 1 (fc1)
+        assert nodes["BatchMatMul"] == 7 + 7, nodes
+    else:
+        assert nodes["Im2Col"] == 2 * 3, nodes    # per depthwise conv: forward taps, the backward's of input and dout
+        # forward + backward + recomputed: attention 2 + 4 + 1, depthwise taps 1 + 2 + 0, Mix-FFN 3 + 6 + 2 (fc1, conv)
+        assert nodes["BatchMatMul"] == 7 + 3 + 11, nodes
 
 
 def test_formulation_is_chosen_by_device_in_one_place():

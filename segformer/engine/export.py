@@ -14,7 +14,9 @@ AIR is deprecated in MindSpore 2.10 (mindspore/train/serialization.py, export: "
 and will be removed in a future version, please use other format or use MindSpore Lite to do offline
 inference"), hence opt-in (`export.air`), and only Ascend tools can load it back, hence unchecked.
 The graph holds the formulation of the device it was exported on (see segformer.models.layers); both
-compute the same function.
+compute the same function. On CPU its depthwise convolutions use MindSpore's own kernels, not the compiled
+C++ ones the model trains with (segformer.models.depthwise): a custom operator names a library on this
+machine, which the file must not depend on.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import numpy as np
 from mindspore import nn
 
 from segformer.io import atomic_path
+from segformer.models.depthwise import use_portable_kernels
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +89,7 @@ def export_model(net: nn.Cell, out_path: str | os.PathLike, input_size: tuple[in
     if out_path.suffix != FORMAT_SUFFIX[file_format]:
         raise ValueError(f"{out_path}: a {file_format} file must end in {FORMAT_SUFFIX[file_format]}")
     net.set_train(False)
+    use_portable_kernels(net)
     sample = sample_input(*input_size)
     # mindspore.export refuses file names outside [0-9a-zA-Z@_-.:/\\] (a space, a quote): it writes into a
     # folder of its own under the system's temporary directory, and the file is moved into place.

@@ -14,9 +14,10 @@ import mindspore as ms
 import numpy as np
 from mindspore import nn, ops
 
-from segformer.models.layers import (ChannelsFirstLinear, DepthwiseConv3x3, DepthwiseTapsProduct, ExactGELU,
-                                     OverlapPatchConv, SpatialReductionConv, add_bias, after, batched_weight, dense,
-                                     gelu_cdf, gelu_slope, layer_norm, map_to_tokens, resolve_formulation, tokens_to_map)
+from segformer.models.depthwise import Depthwise3x3Product, DepthwiseConv3x3
+from segformer.models.layers import (ChannelsFirstLinear, ExactGELU, OverlapPatchConv, SpatialReductionConv, add_bias,
+                                     after, batched_weight, dense, gelu_cdf, gelu_slope, layer_norm, map_to_tokens,
+                                     resolve_formulation, tokens_to_map)
 from segformer.models.stochastic import DropPath
 from segformer.models.variants import MiTConfig
 
@@ -203,12 +204,12 @@ class RecomputedMixFFN(nn.Cell):
     The backward is written out and keeps only the input tokens, which fc1's weight gradient needs anyway:
     autodiff keeps three 4C-wide maps per block until the backward reaches it (fc1's output for the conv's
     weight gradient, the GELU's input, the GELU's output for fc2's weight gradient), as PyTorch does; b5 at
-    1024 x 1024 holds 2.4 GiB of them. They are recomputed instead: one more fc1 product, and the conv's
-    output from the taps its weight gradient rebuilds anyway."""
+    1024 x 1024 holds 2.4 GiB of them. They are recomputed instead: one more fc1 product and the depthwise
+    conv (on the taps path, the im2col its weight gradient needs anyway: the compiler computes it once)."""
 
     def __init__(self, hidden_channels: int):
         super().__init__()
-        self.taps_product = DepthwiseTapsProduct(hidden_channels)
+        self.depthwise = Depthwise3x3Product(hidden_channels)
         self.bias_add = ops.BiasAdd()   # the primitive: ops.bias_add makes one on the fly, which fails in a bprop
         self.weight_times_tokens = ops.BatchMatMul(transpose_b=True)                          # W1 x^T: [B, 4C, N]
         self.grad_times_tokens = ops.BatchMatMul()                                            # dh x: [B, 4C, C]
@@ -217,21 +218,19 @@ class RecomputedMixFFN(nn.Cell):
         self.weight_times_grad = ops.BatchMatMul(transpose_a=True, transpose_b=True)          # W2^T dout^T: [B, 4C, N]
         self.grad_times_activations = ops.BatchMatMul(transpose_a=True, transpose_b=True)     # dout^T a^T: [B, C, 4C]
 
-    def hidden_taps(self, grid, fc1_weight, fc1_bias):
-        """fc1 of the tokens, as the 3x3 taps of the hidden map [B, 4C, 9, H*W]."""
+    def hidden_map(self, grid, fc1_weight, fc1_bias):
+        """fc1 of the tokens, as the hidden map [B, 4C, H, W]."""
         batch, height, width, channels = grid.shape
         tokens = grid.reshape(batch, height * width, channels)
         hidden = self.bias_add(self.weight_times_tokens(batched_weight(fc1_weight, batch), tokens), fc1_bias)
-        return self.taps_product.taps(hidden.reshape(batch, -1, height, width))
+        return hidden.reshape(batch, -1, height, width)
 
-    def filtered(self, taps, dw_weight, dw_bias):
-        """The depthwise conv's output [B, 4C, H*W] from the hidden map's taps."""
-        batch, channels, _, num_tokens = taps.shape
-        product = self.taps_product.of_taps(taps, dw_weight)
-        return self.bias_add(product.reshape(batch, channels, num_tokens), dw_bias)
+    def filtered(self, hidden, dw_weight, dw_bias):
+        """The depthwise conv's output [B, 4C, H*W] from the hidden map."""
+        return self.bias_add(self.depthwise.filtered(hidden, dw_weight), dw_bias)
 
     def construct(self, grid, fc1_weight, fc1_bias, dw_weight, dw_bias, fc2_weight, fc2_bias):
-        filtered = self.filtered(self.hidden_taps(grid, fc1_weight, fc1_bias), dw_weight, dw_bias)
+        filtered = self.filtered(self.hidden_map(grid, fc1_weight, fc1_bias), dw_weight, dw_bias)
         activations = filtered * gelu_cdf(filtered)
         return add_bias(self.activations_times_weight(activations, batched_weight(fc2_weight, grid.shape[0])),
                         fc2_bias)
@@ -239,17 +238,15 @@ class RecomputedMixFFN(nn.Cell):
     def bprop(self, grid, fc1_weight, fc1_bias, dw_weight, dw_bias, fc2_weight, fc2_bias, out, dout):
         batch, height, width, channels = grid.shape
         grid = after(grid, dout)
-        taps = self.hidden_taps(grid, fc1_weight, fc1_bias)
-        filtered = self.filtered(taps, dw_weight, dw_bias)
+        hidden = self.hidden_map(grid, fc1_weight, fc1_bias)
+        filtered = self.filtered(hidden, dw_weight, dw_bias)
         cdf = gelu_cdf(filtered)
         fc2_bias_grad = dout.reshape(-1, channels).sum(axis=0)
         fc2_weight_grad = self.grad_times_activations(dout, filtered * cdf).sum(axis=0)
         filtered_grad = self.weight_times_grad(batched_weight(fc2_weight, batch), dout) * gelu_slope(filtered, cdf)
         dw_bias_grad = filtered_grad.sum(axis=(0, 2))
-        filtered_grad = filtered_grad.reshape(batch, -1, 1, height * width)
-        dw_weight_grad = self.taps_product.gradient_times_taps(filtered_grad, taps).sum(axis=0).reshape(dw_weight.shape)
-        hidden_grad = self.taps_product.input_gradient(filtered_grad, dw_weight,
-                                                       (batch, dw_weight.shape[0], height, width))
+        dw_weight_grad = self.depthwise.weight_gradient(hidden, filtered_grad)
+        hidden_grad = self.depthwise.input_gradient(filtered_grad, dw_weight, hidden.shape)
         hidden_grad = hidden_grad.reshape(batch, dw_weight.shape[0], height * width)
         fc1_bias_grad = hidden_grad.sum(axis=(0, 2))
         tokens = grid.reshape(batch, height * width, channels)
