@@ -6,7 +6,7 @@ whose forward and written-out backward run in one of two ways, the same function
   ahead-of-time custom operators (`ops.Custom(func_type="aot")`, documented for CPU): one pass over the map
   for the output, one for the weight gradient, and the input gradient is the output's loop on the output
   gradient with the kernel rotated by 180 degrees. 7-12x faster than the taps below (benchmarks/README.md).
-  The source is compiled on first use with the system's C++ compiler (`CXX`, default g++; -O3, OpenMP) into
+  The source is compiled on first use with the system's C++ compiler (`CXX`, default g++; -O3) into
   a per-user cache (`SEGFORMER_KERNEL_CACHE`, default ~/.cache/segformer/kernels), named by a hash of the
   source and flags, written atomically: concurrent jobs share one build.
 - taps: im2col (9 shifted copies of the map) times each channel's 9 weights as one batched product;
@@ -34,7 +34,7 @@ from segformer.models.layers import _ConvShapedParameters, after, batched_weight
 log = logging.getLogger(__name__)
 
 KERNEL_SOURCE = Path(__file__).with_name("kernels") / "depthwise3x3.cc"
-COMPILE_FLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC", "-fopenmp")
+COMPILE_FLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC", "-fopenmp-simd", "-pthread")
 CHOICES = ("auto", "direct", "taps")   # SEGFORMER_DEPTHWISE
 
 
@@ -91,7 +91,7 @@ def direct_kernels() -> Optional[DirectKernels]:
         return None
     try:
         return DirectKernels(build_kernel_library())
-    except (RuntimeError, OSError) as e:
+    except (RuntimeError, OSError, TypeError) as e:   # TypeError: outside MS_CUSTOM_AOT_WHITE_LIST (ops.Custom)
         if choice == "direct":
             raise
         log.warning("depthwise 3x3 on CPU: the C++ kernels are not available (%s); using im2col, slower", e)
